@@ -1,0 +1,1 @@
+"""Loading base pipelines (hub id, local folder, toy world) and building tiny random ones."""

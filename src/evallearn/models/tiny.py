@@ -1,0 +1,127 @@
+"""Tiny random-weight pipelines and CLIP models for tests and smoke runs.
+
+They are built from the same diffusers / transformers classes as Stable Diffusion 1.x
+(``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel``, the real CLIP tokenizer), so
+code that runs on them runs on SD. Weights are random: images are noise-like, which is what
+unit tests of the harness need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .tokenizer import load_clip_tokenizer
+
+
+def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 32):
+    """A random ``StableDiffusionPipeline`` (latent ``sample_size``, VAE factor 2, DDIM)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=sample_size * 2,
+        mid_block_add_attention=False,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=load_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_clip(seed: int = 0, projection_dim: int = 16, image_size: int = 32):
+    """A random ``CLIPModel`` + ``CLIPProcessor`` with the real CLIP tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=image_size,
+            patch_size=8,
+        ),
+        projection_dim=projection_dim,
+    )
+    model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=load_clip_tokenizer())
+    return model, processor
+
+
+def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+    path = Path(path)
+    build_tiny_pipeline(seed).save_pretrained(path)
+    return path
+
+
+def save_tiny_clip(path: str | Path, seed: int = 0) -> Path:
+    path = Path(path)
+    model, processor = build_tiny_clip(seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
