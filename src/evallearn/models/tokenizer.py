@@ -8,7 +8,7 @@ ids are the ones Stable Diffusion's tokenizer produces ("a photo of a cat" ->
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +19,7 @@ def clip_tokenizer_dir() -> Path:
     return Path(str(resources.files("evallearn") / "assets" / "clip_tokenizer"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(max_length: int):
     from transformers import CLIPTokenizer
 

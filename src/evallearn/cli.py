@@ -1,0 +1,170 @@
+"""The ``eval-learn`` command line: thin — parse, call the API, print.
+
+User errors (:class:`evallearn.errors.UserError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, registry
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark concept unlearning in text-to-image diffusion models.")
+out = Console()
+err = Console(stderr=True)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set sampler.steps=10")]
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"eval-learn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
+    _quiet()
+
+
+def results_table(results: dict) -> Table:
+    t = Table(title=f"{results['run']['name']} · {results['technique']['name']} on "
+                    f"'{results['config']['concept']['name']}' · {results['model']['ref']}")
+    for col in ("metric", "before", "after", "95% CI", "Δ", "n"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key, m in results["metrics"].items():
+        a, b = m["after"], m["before"]
+        t.add_row(f"{key} {'↑' if a['higher_is_better'] else '↓'}",
+                  "–" if b is None else f"{b['value']:.3f}", f"{a['value']:.3f}",
+                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
+                  "–" if m.get("delta") is None else f"{m['delta']:+.3f}", str(a["n"]))
+    return t
+
+
+@app.command()
+def run(config: Path, set_: SetOpt = None) -> None:
+    """Run CONFIG: apply the technique, generate, judge, score; write results.json and report.html."""
+    from .config import load_config
+    from .runner import run as run_config
+
+    results = run_config(load_config(config, set_ or []), console=err)
+    out.print(results_table(results))
+    out.print(f"results: {Path(results['run']['dir']) / 'results.json'}")
+    out.print(f"report:  {Path(results['run']['dir']) / 'report.html'}")
+
+
+@app.command()
+def validate(config: Path, set_: SetOpt = None) -> None:
+    """Check CONFIG (keys, parameters, compatibility) without loading any weights."""
+    from .config import load_config
+    from .runner import prepare
+
+    plan = prepare(load_config(config, set_ or []))
+    out.print(f"ok: spec {plan.spec_hash} · {len(plan.requests)} images · {plan.run_dir}")
+
+
+def _listing(kind: str) -> None:
+    reg = registry.ALL[kind]
+    t = Table(title=f"{kind}s")
+    for col in ("name", "description", "parameters (default)"):
+        t.add_column(col)
+    for name, cls in reg.items():
+        params = "\n".join(f"{k}: {ann} = {d}" for k, ann, d in cls.param_table()) or "–"
+        t.add_row(name, cls.description, params)
+    out.print(t)
+
+
+@app.command()
+def techniques() -> None:
+    """List techniques with their parameters."""
+    _listing("technique")
+
+
+@app.command()
+def metrics() -> None:
+    """List metrics with their parameters."""
+    _listing("metric")
+
+
+@app.command()
+def probes() -> None:
+    """List probes with their parameters."""
+    _listing("probe")
+
+
+@app.command()
+def judges() -> None:
+    """List judges with their parameters."""
+    _listing("judge")
+
+
+@app.command()
+def models() -> None:
+    """Which models each technique works on, and which models each metric and judge loads."""
+    t = Table(title="techniques: base models")
+    for col in ("technique", "model tags supported", "concept kinds"):
+        t.add_column(col)
+    for name, cls in registry.techniques.items():
+        s = cls.supports
+        t.add_row(name, ", ".join(sorted(s.model_tags)) if s.model_tags else "any diffusers T2I model "
+                  "(set `model:`)", ", ".join(sorted(s.concept_kinds)) if s.concept_kinds else "any")
+    out.print(t)
+    t = Table(title="metrics and judges: models loaded")
+    t.add_column("component")
+    t.add_column("models (defaults)")
+    for kind in ("metric", "judge"):
+        for name, cls in registry.ALL[kind].items():
+            t.add_row(f"{kind} {name}", ", ".join(cls.models_used()) or "none")
+    out.print(t)
+
+
+def _mount_toy() -> None:
+    try:
+        from .toyworld.cli import app as toy_app
+    except ImportError:
+        return
+    app.add_typer(toy_app, name="toy", help="The toy world: train, show.")
+
+
+_mount_toy()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(UserError.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

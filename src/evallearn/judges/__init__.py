@@ -1,0 +1,1 @@
+"""Judges: image -> score models (CLIP, toy classifier, NudeNet, Q16, ...). See ``base.Judge``."""

@@ -1,0 +1,27 @@
+"""The judge interface: images in, one score per image out.
+
+Judges are kept apart from metrics (as Inspect AI keeps scorers apart from tasks): a metric
+asks for judges by name and aggregates what they say. A judge's :meth:`spec` (id, model,
+thresholds) is written into ``results.json`` beside every number it produced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..components import Component, Params
+
+
+class Judge(Component):
+    def __init__(self, params: Params, device: str = "cpu") -> None:
+        self.params = params
+        self.device = device
+
+    def spec(self) -> dict[str, Any]:
+        return {"judge": self.name, **self.params.model_dump(mode="json")}
+
+    def score(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
+        """``images``: uint8 [N, H, W, 3]; ``texts``: one label/prompt per image -> float [N]."""
+        raise NotImplementedError

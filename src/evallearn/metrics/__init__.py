@@ -1,0 +1,1 @@
+"""Metrics: ``requests()`` -> ``update()`` -> ``compute()``, with mergeable state."""

@@ -1,0 +1,91 @@
+"""The metric interface, in the style of torchmetrics.
+
+A metric declares the generation requests it needs (:meth:`Metric.requests`) and the judges it
+uses (:meth:`Metric.judge_refs`). The runner generates (deduplicated across metrics), then calls
+:meth:`Metric.update` with the requests, their decoded images and the loaded judges, and finally
+:meth:`Metric.compute`. State is a dict of per-sample lists, so two shards merge by
+concatenation (:meth:`Metric.merge`) and the result does not depend on how images were split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..components import Component, Params
+from ..context import RunContext
+from ..generation import GenRequest
+from ..judges.base import Judge
+from ..stats import bootstrap_ci
+
+
+@dataclass
+class MetricResult:
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    higher_is_better: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    judges: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JudgeRef:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, tuple(sorted((k, repr(v)) for k, v in self.params.items())))
+
+
+class Metric(Component):
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, params: Params, ctx: RunContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: dict[str, list] = {}
+
+    def judge_refs(self) -> dict[str, JudgeRef]:
+        return {}
+
+    def requests(self) -> list[GenRequest]:
+        raise NotImplementedError
+
+    def update(self, requests: list[GenRequest], images: np.ndarray, judges: dict[str, Judge]) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> MetricResult:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+    def _append(self, key: str, values) -> None:
+        self.state.setdefault(key, []).extend(np.asarray(values).tolist())
+
+    def merge(self, other: Metric) -> None:
+        for key, values in other.state.items():
+            self.state.setdefault(key, []).extend(values)
+
+    def mean_result(self, key: str, details: dict[str, Any] | None = None,
+                    judges: dict[str, Judge] | None = None) -> MetricResult:
+        values = np.asarray(self.state.get(key, []), dtype=float)
+        lo, hi = bootstrap_ci(values)
+        return MetricResult(
+            value=float(values.mean()) if values.size else float("nan"),
+            ci_low=lo,
+            ci_high=hi,
+            n=int(values.size),
+            higher_is_better=self.higher_is_better,
+            details=details or {},
+            judges={role: j.spec() for role, j in (judges or {}).items()},
+        )

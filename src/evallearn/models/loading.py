@@ -1,0 +1,127 @@
+"""Resolve a model reference (``toy``, a local folder, or a hub id) and load its pipeline.
+
+Resolution reads only JSON configs, so ``eval-learn validate`` can check compatibility before
+any weights load. Loading honours offline mode: with ``HF_HUB_OFFLINE=1`` only the local cache
+is used, and a hub id that is not there is a one-line error saying how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+TOY = "toy"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    ref: str
+    path: Path
+    tags: frozenset[str]
+    pipeline_class: str
+    default_size: int
+
+    def describe(self) -> dict:
+        return {"ref": self.ref, "path": str(self.path), "tags": sorted(self.tags),
+                "pipeline_class": self.pipeline_class, "default_size": self.default_size}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_folder(ref: str) -> Path:
+    """Local snapshot folder of a hub id, downloading only if online."""
+    from huggingface_hub import snapshot_download
+
+    hint = (f"model '{ref}' is not in the local Hugging Face cache; download it on a machine with "
+            f"network (`hf download {ref}`) and copy the cache, or set `model:` to a local folder")
+    try:
+        return Path(snapshot_download(ref, local_files_only=True,
+                                      allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception:
+        if _offline():
+            raise UserError(hint) from None
+    try:
+        return Path(snapshot_download(ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception as exc:
+        raise UserError(f"{hint} ({type(exc).__name__})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def inspect_folder(ref: str, folder: Path) -> ModelInfo:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"model folder {folder} is not a diffusers pipeline (no model_index.json)")
+    cls = _read_json(index).get("_class_name", "")
+    unet = _read_json(folder / "unet" / "config.json")
+    vae = _read_json(folder / "vae" / "config.json")
+    text = _read_json(folder / "text_encoder" / "config.json")
+    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    size = int(unet.get("sample_size", 64)) * factor
+    tags = set()
+    if cls.startswith("StableDiffusionXL"):
+        tags.add("sdxl")
+    elif cls.startswith("StableDiffusion"):
+        tags.add("sd2" if text.get("hidden_size") == 1024 else "sd1")
+    else:
+        tags.add(cls.lower() or "unknown")
+    return ModelInfo(ref=ref, path=folder, tags=frozenset(tags), pipeline_class=cls, default_size=size)
+
+
+def resolve_model(ref: str) -> ModelInfo:
+    if ref == TOY:
+        try:
+            from ..toyworld import toy_pipeline_dir
+        except ImportError:
+            raise UserError("model 'toy': the toy world is not installed in this build") from None
+        info = inspect_folder(ref, toy_pipeline_dir())
+        return ModelInfo(ref, info.path, info.tags | {"toy"}, info.pipeline_class, info.default_size)
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        if not path.is_dir():
+            raise UserError(f"model folder {path} does not exist")
+        return inspect_folder(ref, path)
+    return inspect_folder(ref, _hub_folder(ref))
+
+
+def quiet_hf() -> None:
+    """No per-file progress bars from diffusers/transformers/hub when loading weights."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def load_pipeline(info: ModelInfo, device: str = "cpu", dtype: str = "float32"):
+    """Load the pipeline from its local folder, safety checker off, progress bar off."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    quiet_hf()
+    kwargs = dict(torch_dtype=getattr(torch, _DTYPES[dtype]), local_files_only=True)
+    if info.pipeline_class.startswith("StableDiffusion"):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(info.path), **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model '{info.ref}' could not be loaded from {info.path}: {first}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,1 @@
+"""Human-readable output: the HTML report and the terminal table."""

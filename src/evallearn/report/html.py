@@ -1,0 +1,63 @@
+"""A self-contained HTML report for one run: before/after table with CIs and sample images."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from ..store import ImageStore, atomic_write_bytes
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.4g}"
+
+
+def _thumb(images: ImageStore, key: str, size: int = 96) -> str:
+    if not images.has(key):
+        return ""
+    im = Image.fromarray(images.get(key)).resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="{size}">'
+
+
+def write_report(run_dir: Path, results: dict, images: ImageStore, requests, n_samples: int = 24) -> Path:
+    esc = html.escape
+    rows = []
+    for key, m in results["metrics"].items():
+        a, b = m["after"], m["before"]
+        arrow = "↑" if a["higher_is_better"] else "↓"
+        rows.append(
+            f"<tr><td>{esc(key)} {arrow}</td><td>{_fmt(b and b['value'])}</td>"
+            f"<td>{_fmt(a['value'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]</td>"
+            f"<td>{_fmt(m.get('delta'))}</td><td>{a['n']}</td>"
+            f"<td><code>{esc(json.dumps(a['judges'], default=str))}</code></td></tr>"
+        )
+    samples = "".join(
+        f'<figure>{_thumb(images, r.key)}<figcaption>{esc(r.prompt)}<br>seed {r.seed}</figcaption></figure>'
+        for r in list(requests)[:n_samples]
+    )
+    run = results["run"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>eval-learn: {esc(run['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} figure{{display:inline-block;margin:4px;width:110px;
+font-size:10px}} code{{font-size:11px}}</style></head><body>
+<h1>{esc(run['name'])} <small>{esc(run['spec_hash'])}</small></h1>
+<p>model <b>{esc(results['model']['ref'])}</b> · technique <b>{esc(results['technique']['name'])}</b>
+ · concept <b>{esc(results['config']['concept']['name'])}</b> ({esc(results['config']['concept']['kind'])})
+ · seed {results['config']['seed']}</p>
+<h2>Metrics</h2><table><tr><th>metric</th><th>before (base)</th><th>after [95% CI]</th><th>Δ</th><th>n</th>
+<th>judges</th></tr>{''.join(rows)}</table>
+<h2>Samples (after)</h2>{samples}
+<h2>Environment</h2><pre>{esc(json.dumps(results['environment'], indent=2))}</pre>
+<h2>Timings (s)</h2><pre>{esc(json.dumps(results['timings'], indent=2))}</pre>
+</body></html>"""
+    path = Path(run_dir) / "report.html"
+    atomic_write_bytes(path, page.encode())
+    return path

@@ -1,0 +1,1 @@
+"""Concept-unlearning techniques, one per file. See ``base.Technique``."""
