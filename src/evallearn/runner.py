@@ -83,7 +83,7 @@ def prepare(config: RunConfig) -> Plan:
         why = cls.supports.why_not(kind, model.tags)
         if why:
             problems.append(f"metric '{ref.key}': {why}")
-    for i, ref in enumerate(config.probes):
+    for ref in config.probes:
         why = registry.probes.get(ref.name).supports.why_not(kind, model.tags)
         if why:
             problems.append(f"probe '{ref.name}': {why}")
