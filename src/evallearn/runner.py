@@ -97,7 +97,11 @@ def prepare(config: RunConfig) -> Plan:
     # Judges are components too: check their params now, not after generation.
     for key, m in metrics.items():
         for role, jref in m.judge_refs().items():
-            registry.judges.get(jref.name).parse_params(jref.params, f"metrics '{key}' judge '{role}'")
+            jcls = registry.judges.get(jref.name)
+            jcls.parse_params(jref.params, f"metrics '{key}' judge '{role}'")
+            why = jcls.supports.why_not(kind, model.tags)
+            if why:
+                raise UserError(f"incompatible run: metric '{key}' uses judge '{jref.name}': {why}")
     requests: list[GenRequest] = []
     per_metric = {}
     for key, m in metrics.items():

@@ -25,3 +25,11 @@ class Judge(Component):
     def score(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
         """``images``: uint8 [N, H, W, 3]; ``texts``: one label/prompt per image -> float [N]."""
         raise NotImplementedError
+
+    def classify(self, images: np.ndarray, candidates: list[str]) -> list[str]:
+        """The most likely of ``candidates`` (concept words) for each image.
+
+        Judges that can classify (CLIP zero-shot, the toy classifier, an ImageNet
+        classifier) implement it; metrics such as UA and IRA need it.
+        """
+        raise NotImplementedError(f"judge '{self.name}' cannot classify")

@@ -21,6 +21,8 @@ class ClipJudge(Judge):
     class Params(Params):
         clip_model: str = "openai/clip-vit-large-patch14"
         batch_size: int = 32
+        #: zero-shot classification prompt; ``{}`` is the candidate concept
+        template: str = "a photo of a {}"
 
     @classmethod
     def models_used(cls, params=None):
@@ -35,3 +37,13 @@ class ClipJudge(Judge):
             txt = clip_embed_texts(model, processor, texts[i : i + bs], self.device)
             out.append((img * txt).sum(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
+
+    def classify(self, images: np.ndarray, candidates: list[str]) -> list[str]:
+        """Zero-shot: the candidate whose prompt is closest to the image (Radford et al. §3.1.2)."""
+        model, processor = load_clip(self.params.clip_model, self.device)
+        txt = clip_embed_texts(model, processor, [self.params.template.format(c) for c in candidates], self.device)
+        out = []
+        for i in range(0, len(images), self.params.batch_size):
+            img = clip_embed_images(model, processor, images[i : i + self.params.batch_size], self.device)
+            out += [candidates[j] for j in (img @ txt.T).argmax(1).tolist()]
+        return out

@@ -1,0 +1,46 @@
+"""Shared machinery of the classification-based metrics (UA, IRA): prompt sets per concept,
+seeds, a classifier judge, and per-image correctness as state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..components import Params
+from ..errors import UserError
+from ._prompts import concept_prompts, is_toy, retain_concepts
+from .base import JudgeRef, Metric
+
+
+class ClassifiedParams(Params):
+    #: classifier judge: ``auto`` = the toy classifier on the toy model, CLIP zero-shot otherwise
+    judge: str = "auto"
+    judge_params: dict = {}
+    images_per_prompt: int = 1
+    #: cap on prompts per concept (spread evenly over the prompt set); 0 = all
+    max_prompts: int = 24
+
+
+class ClassifiedMetric(Metric):
+    Params = ClassifiedParams
+
+    def judge_refs(self):
+        name = self.params.judge
+        if name == "auto":
+            name = "toy_classifier" if is_toy(self.ctx) else "clip"
+        return {"classifier": JudgeRef(name, dict(self.params.judge_params))}
+
+    def candidates(self) -> list[str]:
+        return [self.ctx.concept.name, *retain_concepts(self.ctx)]
+
+    def concept_requests(self, concept: str, which: str = "target"):
+        prompts = concept_prompts(self.ctx, concept, which)
+        n = self.params.max_prompts
+        if n and len(prompts) > n:
+            prompts = [prompts[i] for i in np.linspace(0, len(prompts) - 1, n).round().astype(int)]
+        return [self.ctx.request(p, self.ctx.seed + j) for p in prompts for j in range(self.params.images_per_prompt)]
+
+    def need_retain(self, key: str) -> list[str]:
+        retain = retain_concepts(self.ctx)
+        if not retain:
+            raise UserError(f"metric '{self.name}': needs concept.retain (other concepts of the same kind)")
+        return retain
