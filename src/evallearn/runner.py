@@ -47,7 +47,12 @@ class Plan:
 
     @property
     def spec_hash(self) -> str:
-        return spec_hash(self.config)
+        return run_hash(self.config, self.model)
+
+
+def run_hash(config: RunConfig, model: ModelInfo) -> str:
+    """The resolved config's spec hash, salted with the model's content fingerprint."""
+    return short_hash({"spec": spec_hash(config), "model": model.fingerprint})
 
 
 def _resolve_ref(ref, cls, where: str):
@@ -90,8 +95,9 @@ def prepare(config: RunConfig) -> Plan:
     if problems:
         raise UserError("incompatible run: " + "; ".join(problems))
 
-    run_dir = Path(config.output_dir) / f"{config.name}-{spec_hash(resolved)}"
-    tech_key = short_hash({k: spec_dict(resolved)[k] for k in ("model", "technique", "concept", "seed", "dtype")})
+    run_dir = Path(config.output_dir) / f"{config.name}-{run_hash(resolved, model)}"
+    tech_spec = {k: spec_dict(resolved)[k] for k in ("model", "technique", "concept", "seed", "dtype")}
+    tech_key = short_hash({**tech_spec, "fingerprint": model.fingerprint})
     ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques" / f"{tech_cls.name}-{tech_key}")
     metrics = {ref.key: cls(p, ctx) for ref, (cls, p) in zip(metric_refs, metric_params, strict=True)}
     # Judges are components too: check their params now, not after generation.
@@ -138,7 +144,8 @@ class Judges:
 def generate(plan: Plan, pipe, images: ImageStore, label: str, progress) -> int:
     engine = Generator(pipe, plan.config.device)
     todo = [r for r in plan.requests if not images.has(r.key)]
-    task = progress.add_task(f"generate ({label})", total=len(plan.requests), completed=len(plan.requests) - len(todo))
+    task = progress.add_task(f"generate ({label})", total=len(plan.requests),
+                             completed=len(plan.requests) - len(todo), info="")
     written = engine.generate(
         plan.requests,
         have=lambda r: images.has(r.key),
@@ -164,7 +171,9 @@ def score(plan: Plan, images: ImageStore, judges: Judges) -> dict[str, MetricRes
 
 def base_dir(plan: Plan) -> Path:
     c = plan.config
-    key = short_hash({"model": c.base_model or c.model, "dtype": c.dtype, "device": c.device})
+    base = c.base_model or c.model
+    info = plan.model if base == c.model else resolve_model(base)
+    key = short_hash({"model": base, "fingerprint": info.fingerprint, "dtype": c.dtype, "device": c.device})
     return Path(c.output_dir) / "_base" / key
 
 
@@ -213,7 +222,8 @@ def environment(device: str) -> dict[str, Any]:
 
 def run(config: RunConfig, console=None) -> dict[str, Any]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .progress import new_progress
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
@@ -227,8 +237,7 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
     plan = prepare(config)
     t = phase("prepare", t)
     store = RunStore(plan.run_dir)
-    with store, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TimeElapsedColumn(), console=console, transient=True) as progress:
+    with store, new_progress() as progress:
         store.write_config(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
         store.log("start", spec=plan.spec_hash, requests=len(plan.requests))
         cfg = plan.config

@@ -7,9 +7,11 @@ is used, and a hub id that is not there is a one-line error saying how to get it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
@@ -27,7 +29,36 @@ class ModelInfo:
 
     def describe(self) -> dict:
         return {"ref": self.ref, "path": str(self.path), "tags": sorted(self.tags),
-                "pipeline_class": self.pipeline_class, "default_size": self.default_size}
+                "pipeline_class": self.pipeline_class, "default_size": self.default_size,
+                "fingerprint": self.fingerprint}
+
+    @property
+    def fingerprint(self) -> str:
+        return folder_fingerprint(self.path)
+
+
+_FULL_HASH_LIMIT = 256 << 20
+
+
+@lru_cache(maxsize=16)
+def folder_fingerprint(folder: Path) -> str:
+    """A content hash of a model folder's weights and configs, so that retrained weights under
+    the same name (``toy``, a folder) never reuse results of the old ones. Files up to 256 MiB
+    are hashed whole; larger ones by size and their first and last MiB."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
+        h.update(str(path.relative_to(folder)).encode())
+        size = path.stat().st_size
+        h.update(str(size).encode())
+        with open(path, "rb") as fh:
+            if size <= _FULL_HASH_LIMIT:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 def _offline() -> bool:
