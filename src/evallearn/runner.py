@@ -177,8 +177,24 @@ def base_dir(plan: Plan) -> Path:
     return Path(c.output_dir) / "_base" / key
 
 
+def bind_pipeline(plan: Plan, pipe, stage: str) -> None:
+    """Let metrics whose prompts depend on the pipeline (adversarial attacks) recompute their
+    requests for ``pipe`` (stage ``before`` = base model, ``after`` = unlearned model)."""
+    by_metric = plan.ctx.extras["requests_by_metric"]
+    changed = [k for k, m in plan.metrics.items() if m.bind_pipeline(pipe, stage)]
+    if not changed:
+        return
+    old = {r for k in changed for r in by_metric[k]}
+    for k in changed:
+        by_metric[k] = plan.metrics[k].requests()
+    kept = {r for k, reqs in by_metric.items() for r in reqs}
+    plan.requests = dedupe([r for r in plan.requests if r not in old or r in kept]
+                           + [r for k in changed for r in by_metric[k]])
+
+
 def before_phase(plan: Plan, pipe, judges: Judges, progress, log) -> dict[str, MetricResult]:
     """Base-model images and metric values, each computed once per base model."""
+    bind_pipeline(plan, pipe, "before")
     root = base_dir(plan)
     images = ImageStore(root / "images")
     written = generate(plan, pipe, images, "base model", progress)
@@ -258,6 +274,7 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
         if base_ref != cfg.model:
             pipe = load_pipeline(plan.model, cfg.device, cfg.dtype)
         pipe, cached = plan.technique.load_or_apply(pipe, plan.ctx)
+        bind_pipeline(plan, pipe, "after")
         store.log("technique_done", cached=cached)
         t = phase("technique", t)
 
@@ -267,6 +284,14 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
 
         after = score(plan, store.images, judges)
         t = phase("score", t)
+
+        probes_out = None
+        if cfg.probes:
+            from .probes.phase import run_probes
+
+            probes_out = run_probes(plan, pipe, lambda: load_pipeline(base_info, cfg.device, cfg.dtype),
+                                    store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
+            t = phase("probes", t)
 
         metrics_out = {}
         for key, res in after.items():
@@ -284,6 +309,7 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
             "technique": {"name": plan.technique.name, "params": plan.technique.params.model_dump(mode="json"),
                           "cached": cached, "cache_dir": str(plan.ctx.cache_dir) if plan.technique.edits else None},
             "metrics": metrics_out,
+            **({"probes": probes_out} if probes_out is not None else {}),
             "seeds": {"run_seed": cfg.seed, "rule": "each image's generator is seeded with its request's seed",
                       "n_requests": len(plan.requests)},
             "environment": environment(cfg.device),

@@ -65,6 +65,13 @@ class Metric(Component):
     def update(self, requests: list[GenRequest], images: np.ndarray, judges: dict[str, Judge]) -> None:
         raise NotImplementedError
 
+    def bind_pipeline(self, pipe, stage: str) -> bool:
+        """Called with the base pipeline (``stage='before'``) and the unlearned one (``'after'``)
+        before their images are generated. A metric whose prompts depend on the model (an
+        adversarial attack) computes them here and returns True: the runner then asks
+        :meth:`requests` again. Default: nothing to do."""
+        return False
+
     def compute(self) -> MetricResult:
         raise NotImplementedError
 

@@ -1,0 +1,26 @@
+"""A user's own prompts from a CSV (or JSON / Parquet) file: one prompt per row, optionally a seed.
+
+The toy analogue is the run concept's synonym prompts (prompts that never name it).
+"""
+
+from __future__ import annotations
+
+from .base import DatasetParams, PromptDataset, PromptRecord, as_int, column, toy_concept_of
+
+
+class CsvPrompts(PromptDataset):
+    description = "Your own prompts from a CSV / JSON / Parquet file (column 'prompt', optional seed)."
+
+    class Params(DatasetParams):
+        prompt_column: str = "prompt"
+        #: optional column with a per-prompt evaluation seed
+        seed_column: str = "evaluation_seed"
+
+    def read(self, rows):
+        pc = column(rows, (self.params.prompt_column,), self.name)
+        sc = column(rows, (self.params.seed_column,), self.name, required=False)
+        return [PromptRecord(str(r[pc]).strip(), as_int(r.get(sc)) if sc else None)
+                for r in rows if str(r[pc]).strip()]
+
+    def toy(self, ctx):
+        return [PromptRecord(t) for t in toy_concept_of(ctx).synonym_prompts]

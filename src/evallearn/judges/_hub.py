@@ -1,0 +1,23 @@
+"""Resolve a judge's model: a local folder, or a hub id already in the Hugging Face cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def model_folder(ref: str, judge: str, what: str = "model") -> Path:
+    path = Path(ref).expanduser()
+    if path.exists() or ref.count("/") != 1:
+        if not (path / "config.json").is_file():
+            raise UserError(f"judge '{judge}': {what} folder {path} not found or has no config.json; "
+                            f"provide a folder saved with save_pretrained")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:
+        raise UserError(f"judge '{judge}': {what} '{ref}' is not in the local Hugging Face cache; run "
+                        f"`hf download {ref}` where there is network, or give a local folder") from None
