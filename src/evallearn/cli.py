@@ -56,6 +56,10 @@ def results_table(results: dict) -> Table:
                   "–" if b is None else f"{b['value']:.3f}", f"{a['value']:.3f}",
                   f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
                   "–" if m.get("delta") is None else f"{m['delta']:+.3f}", str(a["n"]))
+    from .probes.report import probe_rows
+
+    for row in probe_rows(results):
+        t.add_row(*row)
     return t
 
 
@@ -67,6 +71,8 @@ def run(config: Path, set_: SetOpt = None) -> None:
 
     results = run_config(load_config(config, set_ or []), console=err)
     out.print(results_table(results))
+    if "probes" in results:
+        out.print(f"verdict: {results['probes']['verdict']['label']} — {results['probes']['verdict']['summary']}")
     out.print(f"results: {Path(results['run']['dir']) / 'results.json'}")
     out.print(f"report:  {Path(results['run']['dir']) / 'report.html'}")
 

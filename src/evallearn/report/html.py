@@ -38,6 +38,9 @@ def write_report(run_dir: Path, results: dict, images: ImageStore, requests, n_s
             f"<td>{_fmt(m.get('delta'))}</td><td>{a['n']}</td>"
             f"<td><code>{esc(json.dumps(a['judges'], default=str))}</code></td></tr>"
         )
+    from ..probes.report import probe_html
+
+    probes = probe_html(results)
     samples = "".join(
         f'<figure>{_thumb(images, r.key)}<figcaption>{esc(r.prompt)}<br>seed {r.seed}</figcaption></figure>'
         for r in list(requests)[:n_samples]
@@ -54,6 +57,7 @@ font-size:10px}} code{{font-size:11px}}</style></head><body>
  · seed {results['config']['seed']}</p>
 <h2>Metrics</h2><table><tr><th>metric</th><th>before (base)</th><th>after [95% CI]</th><th>Δ</th><th>n</th>
 <th>judges</th></tr>{''.join(rows)}</table>
+{probes}
 <h2>Samples (after)</h2>{samples}
 <h2>Environment</h2><pre>{esc(json.dumps(results['environment'], indent=2))}</pre>
 <h2>Timings (s)</h2><pre>{esc(json.dumps(results['timings'], indent=2))}</pre>

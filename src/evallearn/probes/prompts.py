@@ -1,0 +1,131 @@
+"""Prompt sets of the probes: the paper's concepts and the toy world's.
+
+Lu et al. (2025) probe ten ImageNet objects and three artists. Each concept's prompt file
+(``data/prompts/<key>.csv`` in kevinlu4588/WhenAreConceptsErased, columns ``prompt,seed``) is one
+fixed template — "a picture of a <object>" or "a painting in the style of <Artist>" — with 500
+seeds. Here the template and the concept word are data (:data:`WACE_CONCEPTS`), the seeds are the
+run's seed + i, and a user who has the paper's files passes one as ``prompts_file`` to use its
+exact (prompt, seed) pairs. On the toy model the concept's toy prompt set is used.
+
+Templates are filled with :func:`prompts_for_word`, so textual inversion and UnlearnDiffAtk put a
+placeholder into the same templates (never by substring replacement, whose failure silently
+turned the authors' TI probe into the standard prompt for 8 of 13 concepts).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class WaceConcept:
+    key: str
+    word: str  # as it appears in the paper's prompts
+    kind: str  # object | style
+    imagenet_index: int | None = None  # exact ImageNet-1k class (objects)
+
+
+OBJECT_TEMPLATE = "a picture of a {}"
+STYLE_TEMPLATE = "a painting in the style of {}"
+
+WACE_CONCEPTS: dict[str, WaceConcept] = {c.key: c for c in (
+    WaceConcept("airliner", "airliner", "object", 404),
+    WaceConcept("cassette_player", "cassette player", "object", 482),
+    WaceConcept("chainsaw", "chainsaw", "object", 491),
+    WaceConcept("church", "church", "object", 497),
+    WaceConcept("english_springer_spaniel", "english springer spaniel", "object", 217),
+    WaceConcept("french_horn", "french horn", "object", 566),
+    WaceConcept("garbage_truck", "garbage truck", "object", 569),
+    WaceConcept("golf_ball", "golf ball", "object", 574),
+    WaceConcept("parachute", "parachute", "object", 701),
+    WaceConcept("tench", "tench", "object", 0),
+    WaceConcept("van_gogh", "Van Gogh", "style"),
+    WaceConcept("picasso", "Picasso", "style"),
+    WaceConcept("andy_warhol", "Andy Warhol", "style"),
+)}
+
+
+def wace_concept(name: str) -> WaceConcept | None:
+    key = name.strip().lower().replace(" ", "_")
+    return WACE_CONCEPTS.get(key)
+
+
+def wace_retain(name: str) -> list[str]:
+    """The paper's other concepts of the same kind (its interference set)."""
+    c = wace_concept(name)
+    if c is None:
+        return []
+    return [o.word for o in WACE_CONCEPTS.values() if o.kind == c.kind and o.key != c.key]
+
+
+def read_prompt_file(path: str | Path) -> list[tuple[str, int]]:
+    """(prompt, seed) rows of a ``prompt,seed`` CSV such as the paper's ``data/prompts/*.csv``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompts_file: {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise UserError(f"prompts_file: {path} needs a 'prompt' column (and optionally 'seed')")
+        rows = []
+        for i, row in enumerate(reader):
+            seed = row.get("seed")
+            rows.append((row["prompt"], int(seed) if seed not in (None, "") else i))
+    if not rows:
+        raise UserError(f"prompts_file: {path} has no rows")
+    return rows
+
+
+def spread(items: list, n: int) -> list:
+    """At most ``n`` items spread evenly over the list, order kept (0 = all)."""
+    if not n or len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def prompts_for_word(ctx, word: str, concept: str | None = None) -> list[str]:
+    """The concept's prompt templates filled with ``word`` (the concept's name or a placeholder)."""
+    concept = concept or ctx.concept.name
+    if "toy" in ctx.model.tags:
+        from ..toyworld import toy_concept
+        from ..toyworld.concepts import _colour_prompts, _object_prompts, _style_prompts
+
+        family = {"object": _object_prompts, "style": _style_prompts, "attribute": _colour_prompts}
+        return family[toy_concept(concept).kind](word)
+    wc = wace_concept(concept)
+    kind = wc.kind if wc else ctx.concept.kind
+    return [(STYLE_TEMPLATE if kind == "style" else OBJECT_TEMPLATE).format(word)]
+
+
+def concept_word(ctx, concept: str | None = None) -> str:
+    concept = concept or ctx.concept.name
+    wc = wace_concept(concept)
+    return wc.word if wc and "toy" not in ctx.model.tags else concept
+
+
+def probe_items(ctx, n: int, prompts_file: str | None = None, concept: str | None = None,
+                word: str | None = None) -> list[tuple[str, int]]:
+    """``n`` (prompt, seed) pairs for ``concept`` (default: the run's). With ``word`` the
+    concept's templates are filled with it instead of the concept's name."""
+    if prompts_file and concept in (None, ctx.concept.name) and word is None:
+        return spread(read_prompt_file(prompts_file), n)
+    prompts = prompts_for_word(ctx, word or concept_word(ctx, concept), concept)
+    if len(prompts) >= n:
+        prompts = spread(prompts, n)
+        return [(p, ctx.seed + i) for i, p in enumerate(prompts)]
+    # one template (the paper's sets): the seeds make the images differ
+    return [(prompts[i % len(prompts)], ctx.seed + i) for i in range(n)]
+
+
+def candidates(ctx) -> list[str]:
+    """Classes the scoring classifier chooses among: the concept and its retain concepts."""
+    from ..metrics._prompts import retain_concepts
+
+    retain = retain_concepts(ctx) or wace_retain(ctx.concept.name)
+    return [concept_word(ctx), *[concept_word(ctx, r) if wace_concept(r) else r for r in retain]]
