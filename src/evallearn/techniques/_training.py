@@ -158,20 +158,18 @@ def word_embeddings(text_encoder) -> torch.nn.Embedding:
 
 
 def encode_embeds(text_encoder, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor:
-    """Run a CLIP text encoder from word embeddings (``[N, 77, d]``), keeping gradients.
+    """Run a CLIP text encoder on given word embeddings ``[N, 77, d]`` (gradients flow to them).
 
-    Positional embeddings are added as in the model's own embedding layer; ``input_ids`` only
-    locate the end-of-text token (for the pooled output, unused by SD).
+    The token-embedding layer's output is replaced by ``inputs_embeds`` through a forward hook,
+    so positional embeddings, the causal mask and the final layer norm are the model's own
+    (whatever the transformers version); ``input_ids`` only locate the end token.
     """
-    tm = text_encoder.text_model
-    pos = tm.embeddings.position_embedding(tm.embeddings.position_ids[:, : inputs_embeds.shape[1]])
-    hidden = inputs_embeds + pos
-    from transformers.modeling_attn_mask_utils import _create_4d_causal_attention_mask
-
-    mask = _create_4d_causal_attention_mask(input_ids.shape, hidden.dtype, device=hidden.device)
-    out = tm.encoder(inputs_embeds=hidden, attention_mask=None, causal_attention_mask=mask)
-    last = out[0] if isinstance(out, tuple) else out.last_hidden_state
-    return tm.final_layer_norm(last)
+    layer = text_encoder.get_input_embeddings()
+    handle = layer.register_forward_hook(lambda _m, _i, _o: inputs_embeds.to(_o.dtype))
+    try:
+        return text_encoder(input_ids.to(inputs_embeds.device))[0]
+    finally:
+        handle.remove()
 
 
 def prompt_length(pipe, prompt: str) -> int:
