@@ -43,9 +43,29 @@ def test_uce_maps_erased_embeddings_to_the_guide_and_keeps_preserved(pipe, tiny_
 
 
 def test_uce_defaults_follow_the_authors_script():
+    from evallearn.techniques.uce import auto_preserve_scale
+
     p = UCE.Params()
     assert (p.lamb, p.erase_scale, p.preserve_scale, p.guide, p.technique, p.with_to_k) == (
-        0.5, 1.0, 0.1, " ", "replace", True)
+        0.5, 1.0, None, " ", "replace", True)
+    # the script's rule: max(0.1, 1/n) over the preserved texts (the empty prompt included)
+    assert [auto_preserve_scale(n) for n in (1, 3, 4, 20)] == [1.0, 0.333, 0.25, 0.1]
+
+
+def test_uce_preserves_the_empty_prompt_and_templates_only_expand_erased_texts(pipe, tiny_pipe_dir, tmp_path):
+    plan = _ctx(tiny_pipe_dir, tmp_path, {"templates": ["a photo of {}"]})
+    old, new, keep = plan.technique.texts(plan.ctx)
+    assert old == ["cat", "a photo of cat"] and new == [" ", " "] and keep == ["", "dog", "car"]
+    edited = copy.deepcopy(pipe)
+    plan.technique.apply(edited, plan.ctx)
+    with torch.no_grad():
+        empty = embed(pipe, [""])[0]
+        cat = embed(pipe, ["cat"])[0, 1:2]
+        for before, after in zip(cross_attention_projections(pipe.unet), cross_attention_projections(edited.unet),
+                                 strict=True):
+            # the unconditional embedding barely moves; the erased word does
+            assert (after(empty) - before(empty)).norm() / before(empty).norm() < 0.1
+            assert (after(cat) - before(cat)).norm() / before(cat).norm() > 0.2
 
 
 @pytest.mark.parametrize("params, message", [

@@ -1,0 +1,32 @@
+"""Shared toy-world erasure check for the technique tests: erase "circle" with a technique through
+the runner and read UA / IRA before and after (skipped until the toy weights are shipped)."""
+
+from __future__ import annotations
+
+import pytest
+
+from evallearn.toyworld import weights_dir
+
+
+def toy_ready() -> bool:
+    return (weights_dir() / "pipeline" / "model_index.json").exists()
+
+
+needs_toy = pytest.mark.skipif(not toy_ready(), reason="toy-world weights not shipped yet")
+
+
+def erase_on_toy(tmp_path, technique: str, params: dict, concept: str = "circle") -> dict:
+    from evallearn.config import parse_config
+    from evallearn.runner import run
+
+    cfg = parse_config({
+        "name": f"{technique}-{concept}", "model": "toy",
+        "technique": {"name": technique, "params": params},
+        "concept": {"name": concept, "kind": "object"},
+        "metrics": [{"name": "ua", "params": {"max_prompts": 16}}, {"name": "ira", "params": {"max_prompts": 16}}],
+        "seed": 0, "sampler": {"steps": 20, "guidance_scale": 6.0, "batch_size": 32},
+        "output_dir": str(tmp_path)})
+    res = run(cfg)
+    ua, ira = res["metrics"]["ua"], res["metrics"]["ira"]
+    return {"acc_before": 1 - ua["before"]["value"], "acc_after": 1 - ua["after"]["value"],
+            "ira_before": ira["before"]["value"], "ira_after": ira["after"]["value"]}
