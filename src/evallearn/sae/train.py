@@ -31,21 +31,23 @@ def _train(acts, expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_afte
     n, d = acts.shape
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    sae = TopKSAE(SAEConfig(d_in=d, n_latents=expansion * d, k=min(k, expansion * d), hookpoint=hookpoint, meta=meta))
+    cfg = SAEConfig(d_in=d, n_latents=expansion * d, k=min(k, expansion * d), hookpoint=hookpoint, meta=meta)
+    sae = TopKSAE(cfg).to(acts.device)
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    since_fired = torch.zeros(sae.n_latents)
+    since_fired = torch.zeros(sae.n_latents, device=acts.device)
     total_var = (acts - acts.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     for step in range(steps):
-        x = acts[torch.randint(n, (min(batch_size, n),), generator=gen)]
+        x = acts[torch.randint(n, (min(batch_size, n),), generator=gen).to(acts.device)]
         pre = sae.pre_acts(x)
         vals, idx = pre.topk(sae.cfg.k, dim=-1)
         z = torch.zeros_like(pre).scatter(-1, idx, vals)
         recon = sae.decode(z)
         err = x - recon
         loss = err.pow(2).sum(-1).mean() / total_var
-        fired = torch.zeros(sae.n_latents, dtype=torch.bool).scatter_(0, idx[vals > 0].flatten(), True)
+        fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=acts.device)
+        fired.scatter_(0, idx[vals > 0].flatten(), True)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(x))
         dead = since_fired >= dead_after
         if auxk and dead.any():
@@ -60,7 +62,7 @@ def _train(acts, expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_afte
         opt.step()
         sae.normalize_decoder()
         if log is not None and (step % 100 == 0 or step == steps - 1):
-            log(step, float(loss))
+            log(step, float(loss.detach()))
     return sae.eval()
 
 
