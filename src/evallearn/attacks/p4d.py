@@ -120,8 +120,8 @@ class P4D(Attack):
                         eps_ref = base_pipe.unet(zt, t, encoder_hidden_states=cond_ref).sample.float()
                     eps = unet(zt.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.float()
                     loss = torch.nn.functional.mse_loss(eps, eps_ref)
-                    if float(loss) < best:
-                        best, best_ids = float(loss), ids_body.detach().cpu().clone()
+                    if loss.item() < best:
+                        best, best_ids = loss.item(), ids_body.detach().cpu().clone()
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
