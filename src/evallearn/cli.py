@@ -142,15 +142,31 @@ def models() -> None:
     out.print(t)
 
 
-def _mount_toy() -> None:
-    try:
-        from .toyworld.cli import app as toy_app
-    except ImportError:
-        return
-    app.add_typer(toy_app, name="toy", help="The toy world: train, show.")
+def _mount_subcommands() -> None:
+    """Sub-apps that live beside their components (each module defines a typer ``app``)."""
+    import importlib
+
+    for name, module, help_ in (
+        ("toy", "evallearn.toyworld.cli", "The toy world: train, show."),
+        ("sae", "evallearn.sae.cli", "Sparse autoencoders for SAeUron / Concept Steerers: train, inspect."),
+    ):
+        try:
+            sub = importlib.import_module(module).app
+        except ImportError:
+            continue
+        app.add_typer(sub, name=name, help=help_)
 
 
-_mount_toy()
+_mount_subcommands()
+
+
+def _mount_probes() -> None:
+    from .probes.cli import mount
+
+    mount(app)
+
+
+_mount_probes()
 
 
 def main() -> None:
