@@ -27,9 +27,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class ToyClassifier(nn.Module):
-    """6-conv CNN (32/64/128 channels, two max-pools, global average pool) with linear heads."""
+    """6-conv CNN (16/32/64 channels, two max-pools, global average pool) with linear heads."""
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), image_size: int = IMAGE_SIZE):
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), image_size: int = IMAGE_SIZE):
         super().__init__()
         a, b, c = widths
         self.widths = tuple(widths)

@@ -54,10 +54,10 @@ def build_toy_clip(seed: int = 0, image_size: int = IMAGE_SIZE):
     config = CLIPConfig(
         text_config=clip_text_config(),
         vision_config=dict(
-            hidden_size=96,
+            hidden_size=64,
             intermediate_size=256,
             num_attention_heads=4,
-            num_hidden_layers=4,
+            num_hidden_layers=3,
             image_size=image_size,
             patch_size=4,
         ),
@@ -104,8 +104,8 @@ def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, scale: torch.Tensor,
 def train_toy_clip(
     images: np.ndarray,
     labels: np.ndarray,
-    steps: int = 1500,
-    batch_size: int = 128,
+    steps: int = 500,
+    batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
     log=print,
@@ -124,7 +124,7 @@ def train_toy_clip(
     for step in range(steps):
         rng = np.random.default_rng([seed, 7, step])
         idx = rng.choice(len(images), size=batch_size, replace=False)
-        caps, mentioned = zip(*(sample_caption(labels[i], rng) for i in idx))
+        caps, mentioned = zip(*(sample_caption(labels[i], rng) for i in idx), strict=True)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x = augment(x_all[idx].float() / 255.0, g)
         tok = tokenizer(list(caps), padding=True, return_tensors="pt")

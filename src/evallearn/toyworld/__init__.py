@@ -1,0 +1,103 @@
+"""The toy world: a tiny text-to-image model with ground truth, the project's default model.
+
+Procedural renders of shapes x colours x fill styles x backgrounds (:mod:`.render`), a
+``StableDiffusionPipeline`` trained on them (:func:`toy_pipeline_dir`), a tiny ``CLIPModel``
+trained contrastively on their captions (:func:`toy_clip_dir`), a classifier that judges
+generated images against ground truth (:func:`load_toy_classifier`) and the concepts and prompt
+sets the metrics need (:mod:`.concepts`). See ``docs/toyworld.md``.
+
+Default sampler for the shipped pipeline: 32x32 px, DDIM 20 steps, guidance 6.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .concepts import (
+    SYNONYMS,
+    UNSAFE_CONCEPT,
+    ToyConcept,
+    ToyPromptSet,
+    toy_concept,
+    toy_concept_names,
+    toy_concepts,
+    unsafe_prompt_set,
+)
+from .render import BACKGROUNDS, CLASSES, COLOURS, HEADS, IMAGE_SIZE, SHAPES, STYLES, render, render_dataset
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 6.0
+DEFAULT_SIZE = IMAGE_SIZE
+
+__all__ = [
+    "BACKGROUNDS",
+    "CLASSES",
+    "COLOURS",
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_SIZE",
+    "DEFAULT_STEPS",
+    "HEADS",
+    "IMAGE_SIZE",
+    "SHAPES",
+    "STYLES",
+    "SYNONYMS",
+    "UNSAFE_CONCEPT",
+    "ToyClassifier",
+    "ToyConcept",
+    "ToyPromptSet",
+    "load_toy_classifier",
+    "render",
+    "render_dataset",
+    "toy_classifier_dir",
+    "toy_clip_dir",
+    "toy_concept",
+    "toy_concept_names",
+    "toy_concepts",
+    "toy_pipeline_dir",
+    "unsafe_prompt_set",
+    "weights_dir",
+]
+
+
+def weights_dir() -> Path:
+    """The package folder holding the shipped toy artefacts."""
+    return Path(str(resources.files("evallearn") / "toyworld" / "weights"))
+
+
+def _existing(sub: str) -> Path:
+    path = weights_dir() / sub
+    if not path.is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"toy weights missing: {path} (run 'eval-learn toy train --install')")
+    return path
+
+
+def toy_pipeline_dir() -> Path:
+    """Folder of the shipped ``StableDiffusionPipeline`` (``from_pretrained(dir)`` loads it)."""
+    return _existing("pipeline")
+
+
+def toy_clip_dir() -> Path:
+    """Folder of the shipped tiny ``CLIPModel`` + ``CLIPProcessor``."""
+    return _existing("clip")
+
+
+def toy_classifier_dir() -> Path:
+    return _existing("classifier")
+
+
+def load_toy_classifier(device: str = "cpu", path: str | Path | None = None):
+    """The shipped :class:`ToyClassifier` (an ``nn.Module`` in eval mode) on ``device``."""
+    from .classifier import ToyClassifier
+
+    return ToyClassifier.load(path or toy_classifier_dir(), device=device)
+
+
+def __getattr__(name: str):
+    if name == "ToyClassifier":  # keep torch out of ``import evallearn.toyworld``
+        from .classifier import ToyClassifier
+
+        return ToyClassifier
+    raise AttributeError(name)

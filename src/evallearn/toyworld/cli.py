@@ -1,0 +1,122 @@
+"""``eval-learn toy``: retrain the toy world's artefacts, or look at what the shipped model draws."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The toy world: train its artefacts or show samples.", no_args_is_help=True)
+
+_ARTEFACTS = ("pipeline", "clip", "classifier")
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Folder for the artefacts and the log (default: a fresh temporary folder)."
+    ),
+    install: bool = typer.Option(
+        False, "--install", help="Copy the trained pipeline, clip and classifier into the package's weights folder."
+    ),
+    seed: int = typer.Option(0, help="Seed of every random draw (data, initialisation, batches, noise)."),
+    unet_steps: int = typer.Option(None, help="Text-to-image training steps (the long pole)."),
+    vae_steps: int = typer.Option(None, help="VAE training steps."),
+    clip_steps: int = typer.Option(None, help="Toy CLIP training steps."),
+    classifier_steps: int = typer.Option(None, help="Classifier training steps."),
+    n_train: int = typer.Option(None, help="Number of rendered training images."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Retrain every toy artefact deterministically from SEED (defaults: the shipped weights' budgets)."""
+    from .train import Budgets, train_all
+
+    budgets = Budgets()
+    for name, value in (
+        ("unet_steps", unet_steps),
+        ("vae_steps", vae_steps),
+        ("clip_steps", clip_steps),
+        ("classifier_steps", classifier_steps),
+        ("n_train", n_train),
+    ):
+        if value is not None:
+            if value <= 0:
+                raise typer.BadParameter(f"--{name.replace('_', '-')} must be positive, got {value}")
+            setattr(budgets, name, value)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="evallearn-toy-"))
+    typer.echo(f"training the toy world into {out}")
+    train_all(out, budgets, seed=seed, threads=threads)
+    if install:
+        from . import weights_dir
+
+        dest = weights_dir()
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in _ARTEFACTS:
+            if (dest / name).exists():
+                shutil.rmtree(dest / name)
+            shutil.copytree(out / name, dest / name)
+        typer.echo(f"installed {', '.join(_ARTEFACTS)} into {dest}")
+    typer.echo(f"done: {out}")
+
+
+@app.command()
+def show(
+    out: Path = typer.Option(Path("toy_samples.png"), "--out", "-o", help="PNG file to write."),
+    per_shape: int = typer.Option(8, help="Images per shape (one row per shape)."),
+    seed: int = typer.Option(0, help="First seed; image j of every row uses seed + j."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    guidance: float = typer.Option(6.0, help="Classifier-free guidance scale."),
+    pipeline: Path = typer.Option(None, help="Pipeline folder (default: the shipped toy model)."),
+    scale: int = typer.Option(4, help="Upscaling of each 32 px image in the grid."),
+) -> None:
+    """Write a labelled grid of the toy model's generations: one row per shape, with the classifier's label."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from . import COLOURS, SHAPES, STYLES, load_toy_classifier, toy_pipeline_dir
+    from .concepts import full_caption
+    from .train import generate
+
+    if per_shape <= 0:
+        raise typer.BadParameter("--per-shape must be positive")
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(2)
+    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline or toy_pipeline_dir()))
+    pipe.set_progress_bar_config(disable=True)
+    clf = load_toy_classifier()
+    prompts, seeds, wanted = [], [], []
+    for shape in SHAPES:
+        for j in range(per_shape):
+            colour, style = COLOURS[j % len(COLOURS)], STYLES[(j // len(COLOURS)) % len(STYLES)]
+            prompts.append(full_caption(shape, colour, style))
+            seeds.append(seed + j)
+            wanted.append((shape, colour, style))
+    images = generate(pipe, prompts, seeds, steps=steps, guidance=guidance)
+    probs = clf.predict(images)
+    cell, label_h, head_w = 32 * scale, 30, 70
+    grid = Image.new("RGB", (head_w + per_shape * cell, len(SHAPES) * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for k, img in enumerate(images):
+        r, c = divmod(k, per_shape)
+        x, y = head_w + c * cell, r * (cell + label_h)
+        tile = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+        grid.paste(tile, (x, y))
+        shape, colour, style = wanted[k]
+        got = [probs[h][k].argmax().item() for h in ("shape", "colour", "style")]
+        got_names = (SHAPES[got[0]], COLOURS[got[1]], STYLES[got[2]])
+        ok = got_names[0] == shape
+        draw.text((x + 2, y + cell + 2), f"{got_names[0]}", fill=(0, 128, 0) if ok else (200, 0, 0))
+        draw.text((x + 2, y + cell + 14), f"{got_names[2][:5]} {got_names[1]}", fill=(60, 60, 60))
+        if c == 0:
+            draw.text((4, y + cell // 2), shape, fill=(0, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    correct = sum(SHAPES[probs["shape"][k].argmax().item()] == wanted[k][0] for k in range(len(images)))
+    typer.echo(f"wrote {out}: prompted shape drawn in {correct}/{len(images)} images (classifier labels)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
