@@ -293,22 +293,6 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
                                     store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
             t = phase("probes", t)
 
-        probes_out = None
-        if cfg.probes:
-            from .probes.phase import run_probes
-
-            probes_out = run_probes(plan, pipe, lambda: load_pipeline(base_info, cfg.device, cfg.dtype),
-                                    store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
-            t = phase("probes", t)
-
-        probes_out = None
-        if cfg.probes:
-            from .probes.phase import run_probes
-
-            probes_out = run_probes(plan, pipe, lambda: load_pipeline(base_info, cfg.device, cfg.dtype),
-                                    store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
-            t = phase("probes", t)
-
         metrics_out = {}
         for key, res in after.items():
             entry = {"after": res.to_dict(), "before": before[key].to_dict() if key in before else None}
@@ -325,8 +309,6 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
             "technique": {"name": plan.technique.name, "params": plan.technique.params.model_dump(mode="json"),
                           "cached": cached, "cache_dir": str(plan.ctx.cache_dir) if plan.technique.edits else None},
             "metrics": metrics_out,
-            **({"probes": probes_out} if probes_out is not None else {}),
-            **({"probes": probes_out} if probes_out is not None else {}),
             **({"probes": probes_out} if probes_out is not None else {}),
             "seeds": {"run_seed": cfg.seed, "rule": "each image's generator is seeded with its request's seed",
                       "n_requests": len(plan.requests)},
