@@ -83,6 +83,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", default="bench_edits.json")
+    ap.add_argument("--edits", default="uce,rece,ssd,mace", help="comma-separated subset to time")
+    ap.add_argument("--no-unet", action="store_true",
+                    help="skip the UNet-pass baselines (and so SSD/MACE): closed-form edits only, ratios to "
+                         "one text-encoder forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
@@ -92,6 +96,26 @@ def main() -> None:
     out["measured"]["build_random_sd15_s"] = round(time.perf_counter() - t0, 1)
     unet = pipe.unet
     print("built", out["measured"]["build_random_sd15_s"], "s", flush=True)
+
+    ids = pipe.tokenizer(["a photo of a person"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        te = timed(lambda: pipe.text_encoder(ids), max(args.reps, 3))
+    out["measured"]["text_encoder_forward_batch1_s"] = round(te, 4)
+    print("text encoder forward b1", te, flush=True)
+    edits = set(args.edits.split(","))
+    results = {}
+    if args.no_unet:
+        for name, params in [("uce", {"preset": "nudity"}), ("rece", {"preset": "nudity"})]:
+            if name in edits:
+                tech, ctx = context(name, params)
+                dt = timed(lambda tech=tech, ctx=ctx: tech.apply(pipe, ctx), args.reps)
+                results[name] = {"seconds": round(dt, 2), "x_text_encoder_forward": round(dt / te, 1),
+                                 "budget": "defaults"}
+                print(name, dt, flush=True)
+        out["edits"] = results
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2))
+        return
 
     lat = torch.randn(2, 4, 64, 64)
     cond = torch.randn(2, 77, 768)
@@ -112,15 +136,26 @@ def main() -> None:
     out["measured"]["unet_forward_backward_batch1_s"] = round(fb, 2)
     print("unet fwd+bwd b1", fb, flush=True)
 
-    results = {}
     for name, params in [("uce", {"preset": "nudity"}), ("rece", {"preset": "nudity"})]:
+        if name not in edits:
+            continue
         tech, ctx = context(name, params)
         # edits run in place one after the other: the weights are random, the cost does not depend on them
         dt = timed(lambda tech=tech, ctx=ctx: tech.apply(pipe, ctx), 1)
         results[name] = {"seconds": round(dt, 2), "x_unet_forward": round(dt / base, 3), "budget": "defaults"}
         print(name, dt, flush=True)
 
-    # SSD: 2 Fisher samples per set, images from 1 denoising step -> per-unit costs
+    if "ssd" in edits:
+        results["ssd"] = bench_ssd(pipe, base)
+    if "mace" in edits:
+        results["mace"] = bench_mace(pipe, base, fb)
+    out["edits"] = results
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def bench_ssd(pipe, base: float) -> dict:
+    """2 Fisher samples per set, images from 1 denoising step -> per-unit costs, extrapolated."""
     n_s, steps = 2, 1
     tech, ctx = context("ssd", {"num_samples": n_s}, steps=steps)
     dt = timed(lambda: tech.apply(pipe, ctx), 1)
@@ -129,30 +164,32 @@ def main() -> None:
     measured_gen = (n_prompts_f + n_prompts_r) * steps * gen_step
     per_sample = (dt - measured_gen) / (2 * n_s)
     full = (n_prompts_f + n_prompts_r) * 50 * gen_step + 2 * 50 * per_sample
-    results["ssd"] = {"seconds_reduced": round(dt, 1),
+    res = {"seconds_reduced": round(dt, 1),
                       "budget_reduced": f"{n_s} Fisher samples/set, {steps}-step images",
                       "per_fisher_sample_s": round(per_sample, 2), "seconds_defaults_extrapolated": round(full, 0),
                       "x_unet_forward_defaults": round(full / base, 1),
                       "budget": "defaults: 50+50 Fisher samples, 7 prompts x 1 image x 50 steps"}
-    print("ssd", results["ssd"], flush=True)
+    print("ssd", res, flush=True)
+    return res
 
-    # MACE: 1 image of 1 step per concept (3 concepts), 2 LoRA steps per concept -> per-unit costs
+
+def bench_mace(pipe, base: float, fb: float) -> dict:
+    """1 image of 1 step and 2 LoRA steps per concept (3 concepts) -> per-unit costs, extrapolated."""
+    gen_step = base
     tech, ctx = context("mace", {"num_images": 1, "data_steps": 1, "max_train_steps": 2})
     dt = timed(lambda: tech.apply(pipe, ctx), 1)
     n_c = 3
     lora_step = fb  # a LoRA step is one batch-1 forward + backward (to the LoRA weights)
     closed = dt - n_c * 1 * 1 * gen_step - n_c * 2 * lora_step
     full = n_c * 8 * 30 * gen_step + n_c * 50 * lora_step + max(closed, 0)
-    results["mace"] = {"seconds_reduced": round(dt, 1),
+    res = {"seconds_reduced": round(dt, 1),
                        "budget_reduced": "1 image x 1 step, 2 LoRA steps per concept",
                        "closed_form_and_overhead_s": round(max(closed, 0), 2),
                        "seconds_defaults_extrapolated": round(full, 0),
                        "x_unet_forward_defaults": round(full / base, 1),
                        "budget": "defaults, 3 concepts: 8 images x 30 steps + 50 LoRA steps each"}
-    print("mace", results["mace"], flush=True)
-    out["edits"] = results
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    print("mace", res, flush=True)
+    return res
 
 
 if __name__ == "__main__":
