@@ -141,6 +141,9 @@ class SAFREEPipeline(GuidedPipeline):
             return super().guided_noise(i, t, latents, text, uncond, guidance_scale, state)
         x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t)
         self._lra_on = True
+        # samples whose branches get identical embeddings compare equal (and are attenuated) by
+        # definition, not by float noise that depends on their batch position
+        self._lra_same = ~(use & (state["rescaled"] != cond).flatten(1).any(1))
         try:
             out = self.unet(x, t, encoder_hidden_states=torch.cat([uncond, text, cond])).sample
         finally:
@@ -186,19 +189,21 @@ class SAFREEPipeline(GuidedPipeline):
                     h, r = x[:, :hid_ch], x[:, hid_ch:]
                     if b != 1.0:
                         h = torch.cat([h[:, : hid_ch // 2] * b, h[:, hid_ch // 2 :]], dim=1)
-                    r = reattend(r, scale, s["lra_filter"])
+                    r = reattend(r, scale, s["lra_filter"], same=self._lra_same)
                     return (torch.cat([h, r], dim=1), *args[1:]), kwargs
 
                 resnet.register_forward_pre_hook(resnet_hook, with_kwargs=True)
 
 
-def reattend(r: torch.Tensor, scale: float, band: str, threshold: int = 1) -> torch.Tensor:
+def reattend(r: torch.Tensor, scale: float, band: str, threshold: int = 1,
+             same: torch.Tensor | None = None) -> torch.Tensor:
     """Filter the projected third of a [uncond, projected, original] batch of skip features.
 
     In the chosen band of the centred spectrum (``low``: the ±threshold window around the centre;
     ``high``: everything else), the projected branch's coefficients are multiplied by ``scale``
     wherever they are not below the original branch's (real parts compared for ``low``,
-    magnitudes of the real parts for ``high``, as in the authors' filters).
+    magnitudes of the real parts for ``high``, as in the authors' filters). ``same`` [B] marks
+    samples whose two branches had identical inputs: they count as equal everywhere.
     """
     dtype = r.dtype
     u, p, o = r.float().chunk(3)
@@ -208,11 +213,17 @@ def reattend(r: torch.Tensor, scale: float, band: str, threshold: int = 1) -> to
     band_mask = torch.zeros(H, W, dtype=torch.bool, device=r.device)
     ch, cw = H // 2, W // 2
     band_mask[max(ch - threshold, 0) : ch + threshold, max(cw - threshold, 0) : cw + threshold] = True
+    # comparisons within a relative 1e-4 count as ties (attenuated), so last-bit float noise of a
+    # batched UNet cannot flip them
+    tol = 1e-4 * (fo.real.abs() + fp.real.abs())
     if band == "high":
         band_mask = ~band_mask
-        attenuate = fo.real.abs() > fp.real.abs()
+        attenuate = fo.real.abs() - fp.real.abs() > -tol
     else:
-        attenuate = ~(fo.real - fp.real > 0)
+        attenuate = ~(fo.real - fp.real > tol)
+    if same is not None:
+        eq = same.to(r.device).view(-1, 1, 1, 1)
+        attenuate = torch.where(eq, torch.full_like(attenuate, band != "high"), attenuate)
     sel = band_mask & attenuate
     fp = torch.where(sel, fp * scale, fp)
     p = torch.fft.ifftn(torch.fft.ifftshift(fp, dim=(-2, -1)), dim=(-2, -1)).real
