@@ -34,3 +34,21 @@ def test_retrained_weights_change_the_fingerprint(tiny_pipe_dir, tmp_path):
     save_tiny_pipeline(copy, seed=1)
     folder_fingerprint.cache_clear()
     assert resolve_model(str(copy)).fingerprint != before
+
+
+def test_compare_tabulates_runs(tmp_path):
+    import json
+
+    def result(name, tech, value, before):
+        m = {"after": {"value": value, "higher_is_better": True}, "before": {"value": before}, "delta": value - before}
+        return {"run": {"name": name}, "technique": {"name": tech}, "config": {"concept": {"name": "circle"}},
+                "model": {"ref": "toy"}, "metrics": {"ua": m}}
+
+    for name, tech, v in (("a", "uce", 0.75), ("b", "esd", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result(name, tech, v, 0.25)))
+    res = eval_learn("compare", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "0.750 (+0.500)" in res.stdout and "0.500 (+0.250)" in res.stdout and "esd" in res.stdout
+    res = eval_learn("compare", tmp_path / "missing")
+    assert res.returncode == 2 and "neither a results.json nor a folder" in res.stderr

@@ -87,6 +87,29 @@ def validate(config: Path, set_: SetOpt = None) -> None:
     out.print(f"ok: spec {plan.spec_hash} · {len(plan.requests)} images · {plan.run_dir}")
 
 
+@app.command()
+def compare(paths: Annotated[list[Path], typer.Argument(help="results.json files or folders holding them")]) -> None:
+    """A leaderboard of several runs: each metric's value after erasure (Δ to the base model)."""
+    from .report.compare import load_rows
+
+    rows, metric_keys = load_rows(paths)
+    t = Table(title="comparison")
+    for col in ("run", "technique", "concept", "model", *metric_keys):
+        t.add_column(col)
+    for row in rows:
+        cells = []
+        for key in metric_keys:
+            m = row["metrics"].get(key)
+            if m is None:
+                cells.append("–")
+                continue
+            arrow = "↑" if m["after"]["higher_is_better"] else "↓"
+            delta = "" if m.get("delta") is None else f" ({m['delta']:+.3f})"
+            cells.append(f"{m['after']['value']:.3f}{delta} {arrow}")
+        t.add_row(row["run"], row["technique"], row["concept"], row["model"], *cells)
+    out.print(t)
+
+
 def _listing(kind: str) -> None:
     reg = registry.ALL[kind]
     t = Table(title=f"{kind}s")
