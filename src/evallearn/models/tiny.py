@@ -15,6 +15,13 @@ import torch
 from .tokenizer import load_clip_tokenizer
 
 
+def clip_text_config(hidden_size: int, intermediate_size: int = 37, heads: int = 4, layers: int = 2) -> dict:
+    """A small CLIP text-encoder config with the real vocabulary and special-token ids."""
+    return dict(hidden_size=hidden_size, intermediate_size=intermediate_size, num_attention_heads=heads,
+                num_hidden_layers=layers, vocab_size=49408, max_position_embeddings=77,
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
 def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 32):
     """A random ``StableDiffusionPipeline`` (latent ``sample_size``, VAE factor 2, DDIM)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -43,19 +50,7 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_siz
         sample_size=sample_size * 2,
         mid_block_add_attention=False,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=cross_attention_dim,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**clip_text_config(cross_attention_dim)))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -84,17 +79,7 @@ def build_tiny_clip(seed: int = 0, projection_dim: int = 16, image_size: int = 3
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
+        text_config=clip_text_config(32),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=37,
