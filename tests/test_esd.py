@@ -136,8 +136,11 @@ def test_defaults_are_the_papers():
 @pytest.mark.slow
 def test_esd_u_erases_circle_on_the_toy_world(tmp_path_factory):
     from evallearn.toyworld import COLOURS, STYLES
+    from evallearn.toyworld.concepts import TEMPLATES, describe, fill_template
 
-    prompts = [f"a {s} {c} circle" for s in STYLES for c in COLOURS] + ["circle", "a circle"]
+    # the script's multi-prompt option: the concept with each style and colour, and the bare word
+    prompts = [fill_template(TEMPLATES[0], describe("circle", c, s)) for s in STYLES for c in COLOURS]
+    prompts += ["circle", "a circle"]
     v = erase_on_toy(tmp_path_factory.getbasetemp() / "toy_runs", "esd",
                      {"train_method": "noxattn", "prompts": prompts, "iterations": 150, "lr": 1e-4,
                       "ddim_steps": 20})
