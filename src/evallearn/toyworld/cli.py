@@ -118,5 +118,38 @@ def show(
     typer.echo(f"wrote {out}: prompted shape drawn in {correct}/{len(images)} images (classifier labels)")
 
 
+@app.command()
+def evaluate(
+    per_shape: int = typer.Option(32, help="Images per shape (fixed seeds 1000.., paired across shapes)."),
+    steps: int = typer.Option(20, help="DDIM steps."),
+    guidance: float = typer.Option(6.0, help="Classifier-free guidance scale."),
+    pipeline: Path = typer.Option(None, help="Pipeline folder (default: the shipped toy model)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the results (JSON) here."),
+) -> None:
+    """The ground-truth bar: how often the model draws the prompted shape, colour and style."""
+    import json
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from . import SHAPES, load_toy_classifier, toy_pipeline_dir
+    from .train import evaluate_pipeline
+
+    torch.set_num_threads(2)
+    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline or toy_pipeline_dir()))
+    pipe.set_progress_bar_config(disable=True)
+    res = evaluate_pipeline(pipe, load_toy_classifier(), n_per_shape=per_shape, steps=steps, guidance=guidance)
+    res.pop("images")
+    typer.echo("| prompted | shape | colour | style | " + " | ".join(SHAPES) + " |")
+    for shape, row in zip(SHAPES, res["confusion"], strict=True):
+        acc = res["per_shape"][shape]
+        cells = " | ".join(str(v) for v in row)
+        typer.echo(f"| {shape} | {acc['shape']:.2f} | {acc['colour']:.2f} | {acc['style']:.2f} | {cells} |")
+    m = res["mean"]
+    typer.echo(f"| mean | {m['shape']:.3f} | {m['colour']:.3f} | {m['style']:.3f} |")
+    if out is not None:
+        out.write_text(json.dumps(res, indent=2) + "\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

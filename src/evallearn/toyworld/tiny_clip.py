@@ -109,9 +109,15 @@ def train_toy_clip(
     lr: float = 1e-3,
     seed: int = 0,
     log=print,
+    init=None,
+    stream: int = 7,
 ):
-    """Train the toy CLIP; returns ``(model, processor)`` in eval mode."""
-    model, processor = build_toy_clip(seed)
+    """Train the toy CLIP; returns ``(model, processor)`` in eval mode.
+
+    ``init=(model, processor)`` continues training an existing model (with a fresh optimiser and
+    schedule); ``stream`` separates the random draws of separate runs.
+    """
+    model, processor = init if init is not None else build_toy_clip(seed)
     tokenizer = processor.tokenizer
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -122,10 +128,10 @@ def train_toy_clip(
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2)
     t0 = time.time()
     for step in range(steps):
-        rng = np.random.default_rng([seed, 7, step])
+        rng = np.random.default_rng([seed, stream, step])
         idx = rng.choice(len(images), size=batch_size, replace=False)
         caps, mentioned = zip(*(sample_caption(labels[i], rng) for i in idx), strict=True)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + stream * 100_003 + step)
         x = augment(x_all[idx].float() / 255.0, g)
         tok = tokenizer(list(caps), padding=True, return_tensors="pt")
         img_emb = model.get_image_features(pixel_values=_normalise(x, processor)).pooler_output
