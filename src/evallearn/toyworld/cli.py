@@ -27,7 +27,13 @@ def train(
     clip_steps: int = typer.Option(None, help="Toy CLIP training steps."),
     classifier_steps: int = typer.Option(None, help="Classifier training steps."),
     n_train: int = typer.Option(None, help="Number of rendered training images."),
-    threads: int = typer.Option(2, help="torch threads."),
+    unet_batch: int = typer.Option(None, help="Text-to-image batch size."),
+    unet_lr: float = typer.Option(None, help="UNet learning rate."),
+    text_lr: float = typer.Option(None, help="Text-encoder learning rate."),
+    train_token_embedding: bool = typer.Option(
+        False, "--train-token-embedding", help="Also train the text encoder's token embedding (frozen by default)."
+    ),
+    threads: int = typer.Option(2, help="torch threads (1 is faster when the machine is oversubscribed)."),
 ) -> None:
     """Retrain every toy artefact deterministically from SEED (defaults: the shipped weights' budgets)."""
     from .train import Budgets, train_all
@@ -39,11 +45,16 @@ def train(
         ("clip_steps", clip_steps),
         ("classifier_steps", classifier_steps),
         ("n_train", n_train),
+        ("unet_batch", unet_batch),
+        ("unet_lr", unet_lr),
+        ("text_lr", text_lr),
     ):
         if value is not None:
             if value <= 0:
                 raise typer.BadParameter(f"--{name.replace('_', '-')} must be positive, got {value}")
             setattr(budgets, name, value)
+    if train_token_embedding:
+        budgets.freeze_token_embedding = False
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="evallearn-toy-"))
     typer.echo(f"training the toy world into {out}")
     train_all(out, budgets, seed=seed, threads=threads)

@@ -54,6 +54,7 @@ class Budgets:
     unet_batch: int = 16
     unet_lr: float = 5e-4
     text_lr: float = 1e-4
+    freeze_token_embedding: bool = True
     checkpoint_every: int = 500
 
 
@@ -323,7 +324,8 @@ def train_t2i(
         text_encoder.load_state_dict(text_init_state)
     # The token embedding (49408 x 64, 97 % of the encoder) stays as CLIP learned it; the
     # transformer layers are fine-tuned at a low learning rate.
-    text_encoder.get_input_embeddings().requires_grad_(False)
+    if budgets.freeze_token_embedding:
+        text_encoder.get_input_embeddings().requires_grad_(False)
     text_params = [p for p in text_encoder.parameters() if p.requires_grad]
     unet.train()
     text_encoder.train()
