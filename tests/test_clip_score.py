@@ -30,7 +30,7 @@ def ctx(tiny_pipe_dir, tiny_clip_dir, tmp_path):
 
 
 def test_clip_score_is_100_times_clipped_cosine(ctx):
-    m = ClipScore(ClipScore.Params(on="all", images_per_prompt=1), ctx)
+    m = ClipScore(ClipScore.Params(prompt_set="all", images_per_prompt=1), ctx)
     reqs = m.requests()
     assert [r.prompt for r in reqs] == ["a photo of a cat", "a photo of a dog"]
     m.update(reqs, np.zeros((2, 8, 8, 3), np.uint8), {"clip": FixedJudge([0.3, -0.2])})

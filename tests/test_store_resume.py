@@ -21,7 +21,7 @@ def _config(tmp_path, tiny_pipe_dir, tiny_clip_dir, out):
         technique={"name": "scale_attention", "params": {"factor": 0.25}},
         concept={"name": "cat", "retain": ["dog", "car", "tree"]},
         metrics=[{"name": "clip_score", "params": {"clip_model": str(tiny_clip_dir), "images_per_prompt": 4,
-                                                   "on": "all"}}],
+                                                   "prompt_set": "all"}}],
         sampler={"steps": 2, "batch_size": 2},
         output_dir=str(tmp_path / out),
     )

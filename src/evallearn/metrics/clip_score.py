@@ -26,13 +26,15 @@ class ClipScore(Metric):
     class Params(Params):
         clip_model: str = "auto"
         prompts: tuple[str, ...] | None = None
-        on: Literal["retain", "target", "all"] = "retain"
+        prompt_set: Literal["retain", "target", "all"] = "retain"
         templates: tuple[str, ...] = ("a photo of a {}",)
         images_per_prompt: int = 4
 
     def clip_ref(self) -> str:
         if self.params.clip_model != "auto":
             return self.params.clip_model
+        if self.ctx.model.ref == "tiny-random":
+            return "tiny-random"
         return "toy" if "toy" in self.ctx.model.tags else DEFAULT_CLIP
 
     @classmethod
@@ -51,9 +53,9 @@ class ClipScore(Metric):
             "target": [t.format(w) for w in (c.name, *c.synonyms) for t in self.params.templates],
             "retain": [t.format(w) for w in c.retain for t in self.params.templates],
         }
-        if self.params.on == "all":
+        if self.params.prompt_set == "all":
             return groups
-        return {self.params.on: groups[self.params.on]}
+        return {self.params.prompt_set: groups[self.params.prompt_set]}
 
     def requests(self):
         seed = self.ctx.seed

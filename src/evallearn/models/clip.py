@@ -17,6 +17,10 @@ def clip_folder(ref: str) -> Path:
         except ImportError:
             raise UserError("clip model 'toy': the toy world is not installed in this build") from None
         return toy_clip_dir()
+    if ref == "tiny-random":
+        from .loading import tiny_random_dir
+
+        return tiny_random_dir("clip")
     path = Path(ref).expanduser()
     if path.exists() or ref.count("/") != 1:
         if not (path / "config.json").is_file():

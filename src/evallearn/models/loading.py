@@ -17,6 +17,30 @@ from pathlib import Path
 from ..errors import UserError
 
 TOY = "toy"
+#: a tiny random-weight SD-1.x pipeline built on first use: for smoke runs of the harness itself
+TINY = "tiny-random"
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("EVALLEARN_CACHE", Path.home() / ".cache" / "evallearn"))
+
+
+def tiny_random_dir(kind: str = "pipeline") -> Path:
+    """Build (once, deterministically from seed 0) and return the tiny random pipeline or CLIP folder."""
+    from .tiny import save_tiny_clip, save_tiny_pipeline
+
+    folder = cache_home() / f"tiny-random-{kind}-v1"
+    marker = folder / ("model_index.json" if kind == "pipeline" else "config.json")
+    if not marker.is_file():
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        (save_tiny_pipeline if kind == "pipeline" else save_tiny_clip)(tmp, seed=0)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process built it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -116,8 +140,14 @@ def resolve_model(ref: str) -> ModelInfo:
             from ..toyworld import toy_pipeline_dir
         except ImportError:
             raise UserError("model 'toy': the toy world is not installed in this build") from None
-        info = inspect_folder(ref, toy_pipeline_dir())
+        folder = toy_pipeline_dir()
+        if not (folder / "model_index.json").is_file():
+            raise UserError(f"model 'toy': the toy weights are not in this build ({folder}); "
+                            "train them with `eval-learn toy train`, or use `model: tiny-random` for a smoke run")
+        info = inspect_folder(ref, folder)
         return ModelInfo(ref, info.path, info.tags | {"toy"}, info.pipeline_class, info.default_size)
+    if ref == TINY:
+        return inspect_folder(ref, tiny_random_dir("pipeline"))
     path = Path(ref).expanduser()
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         if not path.is_dir():
