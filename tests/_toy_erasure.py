@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from evallearn.toyworld import weights_dir
+from evallearn.toyworld import BELOW_BAR, meets_ground_truth_bar
 
 
 def toy_ready() -> bool:
-    return (weights_dir() / "pipeline" / "model_index.json").exists()
+    return meets_ground_truth_bar()
 
 
-needs_toy = pytest.mark.skipif(not toy_ready(), reason="toy-world weights not shipped yet")
+needs_toy = pytest.mark.skipif(not toy_ready(), reason=BELOW_BAR)
 
 
 def erase_on_toy(tmp_path, technique: str, params: dict, concept: str = "circle") -> dict:

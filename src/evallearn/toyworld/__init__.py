@@ -31,6 +31,10 @@ DEFAULT_GUIDANCE = 6.0
 DEFAULT_SIZE = IMAGE_SIZE
 
 __all__ = [
+    "BELOW_BAR",
+    "GROUND_TRUTH_BAR",
+    "ground_truth",
+    "meets_ground_truth_bar",
     "BACKGROUNDS",
     "CLASSES",
     "COLOURS",
@@ -72,6 +76,32 @@ def _existing(sub: str) -> Path:
 
         raise UserError(f"toy weights missing: {path} (run 'eval-learn toy train --install')")
     return path
+
+
+#: the ground-truth bar of issue 3: the toy model must draw the prompted shape and colour this
+#: often before an erasure measured on it means anything
+GROUND_TRUTH_BAR = {"shape": 0.90, "colour": 0.90}
+BELOW_BAR = "the shipped toy model is below its ground-truth bar (docs/toyworld.md): erasure cannot be shown on it"
+
+
+def ground_truth() -> dict | None:
+    """The shipped pipeline's measured ground truth (``eval-learn toy evaluate --out``), if any."""
+    import json
+
+    path = weights_dir() / "ground_truth.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def meets_ground_truth_bar() -> bool:
+    """True when shipped weights exist and were measured at or above :data:`GROUND_TRUTH_BAR`.
+
+    Erasure tests on the toy world are gated on this: on a model that cannot draw a concept,
+    "the concept's score drops" shows nothing.
+    """
+    gt = ground_truth()
+    if gt is None or not (weights_dir() / "pipeline" / "model_index.json").is_file():
+        return False
+    return all(gt["mean"][k] >= v for k, v in GROUND_TRUTH_BAR.items())
 
 
 def toy_pipeline_dir() -> Path:
