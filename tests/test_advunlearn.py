@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import torch
@@ -9,6 +10,12 @@ from evallearn.errors import UserError
 from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.advunlearn import AdvUnlearn, adversarial_embeds, text_encoder_filter
+
+# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
+# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
+opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
+                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
+
 
 TINY = {"iterations": 6, "warmup_iter": 2, "attack_step": 3, "ddim_steps": 3, "retain_batch": 2, "lr": 1e-3,
         "attack_lr": 1e-2}
@@ -88,6 +95,7 @@ def test_defaults_are_paper_scale():
 
 
 @needs_toy
+@opt_in
 @pytest.mark.slow
 def test_advunlearn_on_the_toy_world(tmp_path_factory):
     v = erase_on_toy(tmp_path_factory.getbasetemp() / "toy_runs", "advunlearn",

@@ -1,4 +1,5 @@
 import copy
+import os
 import random
 
 import pytest
@@ -10,6 +11,12 @@ from evallearn.errors import UserError
 from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.esd import ESD, esd_step
+
+# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
+# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
+opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
+                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
+
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,6 +140,7 @@ def test_defaults_are_the_papers():
 
 
 @needs_toy
+@opt_in
 @pytest.mark.slow
 def test_esd_u_erases_circle_on_the_toy_world(tmp_path_factory):
     from evallearn.toyworld import COLOURS, STYLES

@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import torch
@@ -9,6 +10,12 @@ from evallearn.errors import UserError
 from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.gradient_ascent import GradientAscent, training_data
+
+# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
+# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
+opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
+                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
+
 
 TINY = {"num_images": 2, "image_steps": 2, "updates": 4, "batch_size": 2, "grad_accum": 1, "lr": 1e-3,
         "use_ema": False, "random_flip": False}
@@ -85,6 +92,7 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path):
 
 
 @needs_toy
+@opt_in
 @pytest.mark.slow
 def test_gradient_ascent_on_the_toy_world(tmp_path_factory):
     v = erase_on_toy(tmp_path_factory.getbasetemp() / "toy_runs", "gradient_ascent",

@@ -1,4 +1,5 @@
 import copy
+import os
 import random
 
 import pytest
@@ -10,6 +11,12 @@ from evallearn.errors import UserError
 from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.stereo import STEREO, Token, stratified
+
+# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
+# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
+opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
+                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
+
 
 TINY = {"iterations": 4, "n_iterations": 2, "num_adv_concepts": 2, "ti_steps": 3, "ddim_steps": 4,
         "num_gallery_images": 2, "gallery_steps": 2, "anchor_prompts": ["an animal"], "ste_lr": 1e-3, "reo_lr": 1e-3}
@@ -89,6 +96,7 @@ def test_defaults_follow_the_readme_command():
 
 
 @needs_toy
+@opt_in
 @pytest.mark.slow
 def test_stereo_on_the_toy_world(tmp_path_factory):
     v = erase_on_toy(tmp_path_factory.getbasetemp() / "toy_runs", "stereo",
