@@ -25,6 +25,14 @@ def tiny_pipe_dir(tmp_path_factory):
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny_pipe")
 
 
+@pytest.fixture(scope="module")
+def pipe(tiny_pipe_dir):
+    """The tiny pipeline loaded once per test module (modules may override it)."""
+    from evallearn.models.loading import load_pipeline, resolve_model
+
+    return load_pipeline(resolve_model(str(tiny_pipe_dir)))
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     from evallearn.models.tiny import save_tiny_clip

@@ -1,9 +1,9 @@
 import copy
-import os
 import random
 
 import pytest
 import torch
+from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
 
 from evallearn.config import parse_config
@@ -11,27 +11,6 @@ from evallearn.errors import UserError
 from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.esd import ESD, esd_step
-
-# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
-# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
-opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
-                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a shared 2-core box thrash (10x slower)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_pipe_dir):
-    from evallearn.models.loading import load_pipeline, resolve_model
-
-    return load_pipeline(resolve_model(str(tiny_pipe_dir)))
 
 
 def _plan(tiny_pipe_dir, tmp_path, params, kind="object"):

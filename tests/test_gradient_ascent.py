@@ -1,8 +1,8 @@
 import copy
-import os
 
 import pytest
 import torch
+from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
 
 from evallearn.config import parse_config
@@ -11,29 +11,8 @@ from evallearn.runner import prepare
 from evallearn.techniques import _training as T
 from evallearn.techniques.gradient_ascent import GradientAscent, training_data
 
-# The toy budgets below are not yet validated: the shipped toy pipeline (3,000 UNet steps) is below its
-# quality bar (shape accuracy 0.34), and on it these runs take minutes. Opt in with EVALLEARN_TOY_FINETUNE=1.
-opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
-                            reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
-
-
 TINY = {"num_images": 2, "image_steps": 2, "updates": 4, "batch_size": 2, "grad_accum": 1, "lr": 1e-3,
         "use_ema": False, "random_flip": False}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_pipe_dir):
-    from evallearn.models.loading import load_pipeline, resolve_model
-
-    return load_pipeline(resolve_model(str(tiny_pipe_dir)))
 
 
 def plan_for(tiny_pipe_dir, tmp_path, name, params):
