@@ -142,6 +142,6 @@ class Generator:
                         put(req, img)
                         written += 1
             if progress is not None:
-                progress(len(batch))
+                progress(len(missing))
         return written
 
