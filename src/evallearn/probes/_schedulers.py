@@ -15,7 +15,8 @@ through ``pipe.scheduler``; no pipeline code is copied or patched.
 * :class:`ClassifierGuidedDDIMScheduler` — the same step after Dhariwal & Nichol ε-space
   classifier guidance with a latent classifier f(x_t, t):
   ε̂ ← ε̂ - s_c · sqrt(1 - ᾱ_t) · ∇_{x_t} log σ(f(x_t, t)). ``ε̂`` is the pipeline's
-  CFG-combined prediction, as in the authors' loop.
+  CFG-combined prediction, as in the authors' loop; a v-prediction model's output is turned into
+  ε̂ first, and x̂₀ follows from the guided ε̂.
 * :class:`SlicedDDIMScheduler` — DDIM that runs only timesteps ``[start:stop]`` of the usual
   schedule (diffusion completion: the base model runs the first k steps, the erased model
   resumes from step k on the same schedule).
@@ -33,9 +34,9 @@ from diffusers.utils.torch_utils import randn_tensor
 class EtaDDIMScheduler(DDIMScheduler):
     variance_scale: float = 1.0
 
-    def guide(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> torch.Tensor:
-        """Hook to change ε̂ before the update (identity here)."""
-        return model_output
+    def guide(self, eps: torch.Tensor, timestep: int, sample: torch.Tensor) -> torch.Tensor:
+        """Hook to change ε̂ before the update (identity here); x̂₀ follows from the new ε̂."""
+        return eps
 
     def _alphas(self, timestep: int):
         prev = timestep - self.config.num_train_timesteps // self.num_inference_steps
@@ -48,7 +49,6 @@ class EtaDDIMScheduler(DDIMScheduler):
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step")
         t = int(timestep)
-        model_output = self.guide(model_output, t, sample)
         prev, a_t, a_prev = self._alphas(t)
         kind = self.config.prediction_type
         if kind == "epsilon":
@@ -59,6 +59,10 @@ class EtaDDIMScheduler(DDIMScheduler):
             eps = a_t.sqrt() * model_output + (1 - a_t).sqrt() * sample
         else:
             raise ValueError(f"EtaDDIMScheduler: prediction_type '{kind}' is not supported")
+        guided = self.guide(eps, t, sample)
+        if guided is not eps and a_t > 0:  # at zero terminal SNR x_t holds no x0 to guide
+            eps = guided
+            x0 = (sample - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         if self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
             if use_clipped_model_output:
@@ -80,16 +84,16 @@ class ClassifierGuidedDDIMScheduler(EtaDDIMScheduler):
     classifier = None
     classifier_scale: float = 0.0
 
-    def guide(self, model_output, timestep, sample):
+    def guide(self, eps, timestep, sample):
         if self.classifier is None or not self.classifier_scale:
-            return model_output
+            return eps
         with torch.enable_grad():
             x = sample.detach().float().requires_grad_(True)
             t = torch.full((x.shape[0],), timestep, dtype=torch.long, device=x.device)
             log_p = F.logsigmoid(self.classifier(x, t)).sum()
             grad = torch.autograd.grad(log_p, x)[0]
         a_t = self.alphas_cumprod[timestep]
-        return model_output - self.classifier_scale * (1 - a_t).sqrt() * grad.to(model_output.dtype)
+        return eps - self.classifier_scale * (1 - a_t).sqrt() * grad.to(eps.dtype)
 
 
 class SlicedDDIMScheduler(DDIMScheduler):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..generation import make_scheduler
+from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
 
@@ -96,7 +97,8 @@ class TextualInversion(Probe):
                               truncation=True, return_tensors="pt").input_ids.to(te.device)
                     cond = te(ids)[0].to(pipe.unet.dtype)
                     pred = pipe.unet(x_t, t.to(z.device), encoder_hidden_states=cond).sample
-                    loss = F.mse_loss(pred.float(), noise.float()) / p.gradient_accumulation
+                    target = denoising_target(pipe, z, noise, t.to(z.device))
+                    loss = F.mse_loss(pred.float(), target.float()) / p.gradient_accumulation
                     loss.backward()
                     total += float(loss)
                 opt.step()

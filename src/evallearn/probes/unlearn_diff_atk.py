@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..generation import make_scheduler
+from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
 
@@ -89,7 +90,8 @@ class UnlearnDiffAtk(Probe):
                 x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
                 cond = te(ids)[0].to(unet.dtype)
                 pred = unet(x_t, torch.tensor([t], device=x0.device), encoder_hidden_states=cond).sample
-                loss = F.mse_loss(pred.float(), noise.float())
+                target = denoising_target(pipe, x0, noise, torch.tensor([t], device=x0.device))
+                loss = F.mse_loss(pred.float(), target.float())
                 adv.grad = torch.autograd.grad(loss, [leaf])[0]
                 opt.step()
                 opt.zero_grad()

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 
 from ..components import Params
+from ..models.prediction import denoising_target  # noqa: F401  (re-exported for the techniques)
 
 Precision = Literal["no", "fp16", "bf16"]
 
@@ -336,7 +337,7 @@ def text_to_image_finetune(pipe, latents: torch.Tensor, prompts: Sequence[str], 
                 xt, noise, t = add_noise(pipe, x0, gen)
                 with amp.autocast():
                     pred = unet(xt, t, encoder_hidden_states=cond_all[idx]).sample.float()
-                loss = torch.nn.functional.mse_loss(pred, noise) / grad_accum
+                loss = torch.nn.functional.mse_loss(pred, denoising_target(pipe, x0, noise, t)) / grad_accum
                 amp.backward(sign * loss)
                 total += loss.item()
             amp.step(opt, params, max_grad_norm)

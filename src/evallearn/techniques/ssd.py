@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from ..components import Params, Supports, kinds
 from ..context import RunContext
+from ..models.prediction import denoising_target
 from ._closed_form import embed
 from .base import Technique
 
@@ -118,12 +119,6 @@ def training_scheduler(pipe):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(pipe.scheduler.config)
-
-
-def denoising_target(scheduler, latents, noise, t):
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    return noise
 
 
 def fisher_diagonal(pipe, ctx: RunContext, prompts: list[str], params: dict[str, torch.nn.Parameter],

@@ -208,7 +208,8 @@ class STEREO(Technique):
                 x0 = gallery[j: j + 1].to(unet.device)
                 xt, noise, t = T.add_noise(pipe, x0, gen, (0, 999))
                 cond = token.encode(pipe, [rng.choice(templates)], grad=True)
-                loss = torch.nn.functional.mse_loss(T.predict(unet, xt, t, cond, amp.autocast), noise)
+                loss = torch.nn.functional.mse_loss(T.predict(unet, xt, t, cond, amp.autocast),
+                                                  T.denoising_target(pipe, x0, noise, t))
                 opt.zero_grad(set_to_none=True)
                 amp.backward(loss)
                 amp.step(opt)

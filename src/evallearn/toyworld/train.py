@@ -55,6 +55,16 @@ class Budgets:
     unet_lr: float = 5e-4
     text_lr: float = 1e-4
     freeze_token_embedding: bool = True
+    #: the loss weights noise predictions by clamp(SNR, snr_floor, snr_gamma) / SNR, i.e. the
+    #: x0-reconstruction loss weighted by clamp(SNR, floor, gamma): Min-SNR-gamma (Hang et al., 2023)
+    #: caps the easy low-noise steps; a floor of 1 ("truncated SNR") keeps the high-noise steps,
+    #: where the layout and so the shape is decided, from vanishing under epsilon prediction
+    snr_gamma: float = 5.0
+    snr_floor: float = 0.0
+    unet_channels: tuple[int, int, int] = (24, 48, 64)
+    #: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x); zero terminal SNR needs v_prediction
+    prediction_type: str = "epsilon"
+    zero_snr: bool = False
     checkpoint_every: int = 500
 
 
@@ -198,14 +208,14 @@ def vae_psnr(vae, images) -> float:
 # --------------------------------------------------------------------------- text-to-image
 
 
-def build_unet():
+def build_unet(channels: tuple[int, int, int] = (24, 48, 64)):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(24, 48, 64),
+        block_out_channels=tuple(channels),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -223,28 +233,32 @@ def build_text_encoder():
     return CLIPTextModel(CLIPTextConfig(**clip_text_config()))
 
 
-def noise_scheduler():
-    """Stable Diffusion's training noise schedule (scaled-linear betas, 1000 steps, epsilon)."""
+def _schedule_config(zero_snr: bool, prediction_type: str) -> dict:
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085-0.012, 1000 steps); with
+    ``zero_snr`` rescaled to zero terminal SNR and sampled with "trailing" timesteps, as Lin et al.
+    (WACV 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed") prescribe; that
+    needs v-prediction (Salimans & Ho, 2022), which Stable Diffusion 2.x uses."""
+    cfg = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+               prediction_type=prediction_type)  # fmt: skip
+    if zero_snr:
+        cfg.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return cfg
+
+
+def noise_scheduler(zero_snr: bool = False, prediction_type: str = "epsilon"):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return DDPMScheduler(**_schedule_config(zero_snr, prediction_type))
 
 
-def sampling_scheduler():
+def sampling_scheduler(zero_snr: bool = False, prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(**_schedule_config(zero_snr, prediction_type), clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=0 if zero_snr else 1)  # fmt: skip
 
 
-def make_pipeline(unet, vae, text_encoder):
+def make_pipeline(unet, vae, text_encoder, scheduler=None):
     from diffusers import StableDiffusionPipeline
 
     from ..models.tokenizer import load_clip_tokenizer
@@ -254,7 +268,7 @@ def make_pipeline(unet, vae, text_encoder):
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(),
         unet=unet,
-        scheduler=sampling_scheduler(),
+        scheduler=scheduler or sampling_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -318,7 +332,7 @@ def train_t2i(
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_clip_tokenizer()
     torch.manual_seed(seed)
-    unet = build_unet().to(memory_format=torch.channels_last)
+    unet = build_unet(budgets.unet_channels).to(memory_format=torch.channels_last)
     text_encoder = build_text_encoder()
     if text_init_state is not None:
         text_encoder.load_state_dict(text_init_state)
@@ -352,10 +366,15 @@ def train_t2i(
         start = state["step"]
         log(f"t2i: resumed at step {start}")
 
-    ns = noise_scheduler()
+    ns = noise_scheduler(budgets.zero_snr, budgets.prediction_type)
+    sampler = sampling_scheduler(budgets.zero_snr, budgets.prediction_type)
     alphas = ns.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight_by_t = torch.clamp(snr, max=5.0) / snr  # Min-SNR-gamma, gamma=5, epsilon prediction
+    x0_weight = torch.clamp(snr, min=budgets.snr_floor, max=budgets.snr_gamma)
+    v_pred = budgets.prediction_type == "v_prediction"
+    # the same x0-space weighting expressed for the network's output: L_eps = SNR * L_x0,
+    # L_v = (SNR + 1) * L_x0
+    weight_by_t = x0_weight / (snr + 1) if v_pred else x0_weight / snr
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     t0 = time.time()
     losses: list[float] = []
@@ -379,7 +398,8 @@ def train_t2i(
         xt = ns.add_noise(x0, noise, t)
         cond = text_encoder(ids).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        target = ns.get_velocity(x0, noise, t) if v_pred else noise
+        per = (pred - target).pow(2).mean(dim=(1, 2, 3))
         loss = (weight_by_t[t] * per).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -405,14 +425,14 @@ def train_t2i(
                 },
                 state_path,
             )
-            pipe = make_pipeline(_plain(ema.shadow[0]), vae, ema.shadow[1])
+            pipe = make_pipeline(_plain(ema.shadow[0]), vae, ema.shadow[1], sampler)
             ck = out_dir / f"ckpt-{done:05d}"
             _save_fp16(pipe, ck)
             log(f"t2i: checkpoint {ck}")
             if evaluate_with is not None:
                 res = evaluate_pipeline(pipe, evaluate_with, n_per_shape=5)
                 log(f"t2i: step {done} quick eval {summary_line(res)}")
-    return make_pipeline(_plain(ema.shadow[0]), vae, ema.shadow[1])
+    return make_pipeline(_plain(ema.shadow[0]), vae, ema.shadow[1], sampler)
 
 
 # --------------------------------------------------------------------------- evaluation
