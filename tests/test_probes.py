@@ -49,6 +49,52 @@ def test_eta_ddim_matches_ddim_for_eta_le_1_and_stays_finite_above():
     assert torch.allclose(s1, expect, atol=1e-5)
 
 
+def _vddim(cls=DDIMScheduler, **attrs):
+    s = cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+            set_alpha_to_one=False, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+            timestep_spacing="trailing")
+    for k, v in attrs.items():
+        setattr(s, k, v)
+    s.set_timesteps(10)
+    return s
+
+
+def test_v_prediction_steps_match_ddim_and_guidance_acts_on_the_equivalent_eps():
+    g = torch.Generator().manual_seed(2)
+    x, v, z = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    for t in (int(_vddim().timesteps[0]), int(_vddim().timesteps[4])):  # t=999 has zero SNR
+        for eta in (0.0, 1.0):
+            ref = _vddim().step(v, t, x, eta=eta, variance_noise=z).prev_sample
+            ours = _vddim(_schedulers.EtaDDIMScheduler).step(v, t, x, eta=eta, variance_noise=z).prev_sample
+            assert torch.allclose(ref, ours, atol=1e-5)
+    # guidance on a v-model: the same step as an epsilon model fed the equivalent eps, guided
+    t = int(_vddim().timesteps[4])
+    a = _vddim().alphas_cumprod[t]
+    eps = a.sqrt() * v + (1 - a).sqrt() * x
+    w = torch.randn(2 * 4 * 8 * 8 // 2, generator=g)
+    clf = lambda lat, tt: lat.flatten(1) @ w  # noqa: E731
+    kw = dict(classifier=clf, classifier_scale=3.0)
+    v_step = _vddim(_schedulers.ClassifierGuidedDDIMScheduler, **kw).step(v, t, x).prev_sample
+    e_sched = _schedulers.ClassifierGuidedDDIMScheduler.from_config(
+        {**dict(_vddim().config), "prediction_type": "epsilon"})
+    e_sched.classifier, e_sched.classifier_scale = clf, 3.0
+    e_sched.set_timesteps(10)
+    assert torch.allclose(v_step, e_sched.step(eps, t, x).prev_sample, atol=1e-4)
+    assert not torch.allclose(v_step, _vddim(_schedulers.EtaDDIMScheduler).step(v, t, x).prev_sample, atol=1e-3)
+
+
+def test_denoising_target_is_the_velocity_for_v_models():
+    from evallearn.models.prediction import denoising_target
+
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    t = torch.tensor([10, 700])
+    assert denoising_target(_ddim(), x0, noise, t) is noise
+    s = _vddim()
+    a = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(denoising_target(s, x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6)
+
+
 def test_classifier_guidance_shifts_eps_by_the_log_sigmoid_gradient():
     w = torch.randn(4 * 8 * 8, generator=torch.Generator().manual_seed(1)) * 0.05
 
