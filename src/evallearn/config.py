@@ -50,7 +50,8 @@ class ConceptConfig(_Strict):
 class SamplerConfig(_Strict):
     scheduler: Literal["ddim", "pndm", "dpm++", "euler", "euler_a", "lms", "default"] = "ddim"
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(6.0, ge=0.0)
+    #: None = the model's own (7.5 for Stable Diffusion, the toy model's measured best)
+    guidance_scale: float | None = Field(None, ge=0.0)
     height: int | None = Field(None, ge=8)
     width: int | None = Field(None, ge=8)
     eta: float = Field(0.0, ge=0.0)

@@ -79,6 +79,9 @@ def prepare(config: RunConfig) -> Plan:
     resolved = config.model_copy(update={"technique": tech_ref, "metrics": tuple(metric_refs)})
 
     model = resolve_model(config.model)
+    if resolved.sampler.guidance_scale is None:  # the model's own guidance, fixed before hashing
+        sampler = resolved.sampler.model_copy(update={"guidance_scale": model.default_guidance})
+        resolved = resolved.model_copy(update={"sampler": sampler})
     kind = config.concept.kind
     problems = []
     why = tech_cls.supports.why_not(kind, model.tags)

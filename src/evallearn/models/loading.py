@@ -50,10 +50,14 @@ class ModelInfo:
     tags: frozenset[str]
     pipeline_class: str
     default_size: int
+    #: the classifier-free guidance the model is meant to be sampled with (used where the config's
+    #: ``sampler.guidance_scale`` is left unset): 7.5 for Stable Diffusion, as its model cards use
+    default_guidance: float = 7.5
 
     def describe(self) -> dict:
         return {"ref": self.ref, "path": str(self.path), "tags": sorted(self.tags),
                 "pipeline_class": self.pipeline_class, "default_size": self.default_size,
+                "default_guidance": self.default_guidance,
                 "fingerprint": self.fingerprint}
 
     @property
@@ -145,9 +149,12 @@ def resolve_model(ref: str) -> ModelInfo:
             raise UserError(f"model 'toy': the toy weights are not in this build ({folder}); "
                             "train them with `eval-learn toy train`, or use `model: tiny-random` for a smoke run")
         info = inspect_folder(ref, folder)
-        return ModelInfo(ref, info.path, info.tags | {"toy"}, info.pipeline_class, info.default_size)
+        from ..toyworld import DEFAULT_GUIDANCE
+
+        return ModelInfo(ref, info.path, info.tags | {"toy"}, info.pipeline_class, info.default_size, DEFAULT_GUIDANCE)
     if ref == TINY:
-        return inspect_folder(ref, tiny_random_dir("pipeline"))
+        info = inspect_folder(ref, tiny_random_dir("pipeline"))
+        return ModelInfo(ref, info.path, info.tags, info.pipeline_class, info.default_size, 6.0)
     path = Path(ref).expanduser()
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         if not path.is_dir():

@@ -30,8 +30,9 @@ def train(
     unet_batch: int = typer.Option(None, help="Text-to-image batch size."),
     unet_lr: float = typer.Option(None, help="UNet learning rate."),
     text_lr: float = typer.Option(None, help="Text-encoder learning rate."),
-    train_token_embedding: bool = typer.Option(
-        False, "--train-token-embedding", help="Also train the text encoder's token embedding (frozen by default)."
+    freeze_token_embedding: bool = typer.Option(
+        None, "--freeze-token-embedding/--train-token-embedding",
+        help="Keep the text encoder's token embedding as the toy CLIP left it (default: train it).",
     ),
     threads: int = typer.Option(2, help="torch threads (1 is faster when the machine is oversubscribed)."),
 ) -> None:
@@ -53,8 +54,8 @@ def train(
             if value <= 0:
                 raise typer.BadParameter(f"--{name.replace('_', '-')} must be positive, got {value}")
             setattr(budgets, name, value)
-    if train_token_embedding:
-        budgets.freeze_token_embedding = False
+    if freeze_token_embedding is not None:
+        budgets.freeze_token_embedding = freeze_token_embedding
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="evallearn-toy-"))
     typer.echo(f"training the toy world into {out}")
     train_all(out, budgets, seed=seed, threads=threads)

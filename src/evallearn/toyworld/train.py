@@ -7,7 +7,7 @@ Stages (each a function, all driven by :func:`train_all`):
 3. the VAE, an attention-free ``AutoencoderKL`` with a factor-2 latent (32x32x3 -> 16x16x4),
    trained with L1 + MSE reconstruction and a small KL term (Kingma & Welling, 2014;
    Rombach et al., 2022, "High-Resolution Image Synthesis with Latent Diffusion Models");
-4. the toy CLIP (:mod:`.tiny_clip`), whose trained text tower initialises the pipeline's text
+4. the toy CLIP (:mod:`.tiny_clip`), whose text tower also initialises the pipeline's text
    encoder, as Stable Diffusion uses CLIP's text tower;
 5. the text-to-image model: ``UNet2DConditionModel`` + ``CLIPTextModel`` trained jointly with the
    DDPM noise-prediction objective (Ho et al., 2020) on cached latents, as in latent diffusion,
@@ -38,6 +38,7 @@ from .concepts import caption_for, full_caption
 from .render import COLOURS, HEADS, IMAGE_SIZE, SHAPES, STYLES, render_dataset
 
 PIPELINE_DIR, CLIP_DIR, CLASSIFIER_DIR = "pipeline", "clip", "classifier"
+CLIP_INIT_DIR = "clip_init"  # the toy CLIP after ``clip_steps``: the text encoder's initialisation
 
 
 @dataclass
@@ -52,8 +53,11 @@ class Budgets:
     unet_steps: int = 3000
     unet_batch: int = 16
     unet_lr: float = 5e-4
-    text_lr: float = 1e-4
-    freeze_token_embedding: bool = True
+    text_lr: float = 5e-4
+    #: the token embedding trains too: the toy CLIP's early run left the shape words' embeddings
+    #: near their initialisation, and frozen they kept "circle", "square" and "cross" apart too
+    #: little for the UNet to draw them differently (shape accuracy 0.34 at 3000 steps)
+    freeze_token_embedding: bool = False
     #: the loss weights noise predictions by clamp(SNR, snr_floor, snr_gamma) / SNR, i.e. the
     #: x0-reconstruction loss weighted by clamp(SNR, floor, gamma): Min-SNR-gamma (Hang et al., 2023)
     #: caps the easy low-noise steps; a floor of 1 ("truncated SNR") keeps the high-noise steps,
@@ -555,29 +559,19 @@ def train_all(
         log(f"vae psnr {vae_psnr(vae, test_images[:500]):.2f} dB, scaling_factor {vae.config.scaling_factor:.4f}")
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()
 
-    from transformers import CLIPModel
+    from transformers import CLIPModel, CLIPProcessor
 
     from .tiny_clip import train_toy_clip, zero_shot_accuracy
 
-    if {"clip", "clip_more"} & set(stages) or not (out / CLIP_DIR).exists():
-        # the toy CLIP: a contrastive run, then a second one with a fresh schedule and its own
-        # draws; the shipped CLIP is the result, and its text tower initialises the pipeline's
-        # text encoder, as Stable Diffusion starts from a trained CLIP text encoder
+    if "clip" in stages or not (out / CLIP_INIT_DIR).exists():
         t = time.time()
         model, processor = train_toy_clip(images, labels, budgets.clip_steps, seed=seed, log=log)
+        model.save_pretrained(out / CLIP_INIT_DIR)
+        processor.save_pretrained(out / CLIP_INIT_DIR)
         timings["clip"] = time.time() - t
         zs = zero_shot_accuracy(model, processor, test_images[:500], test_labels[:500])
         log(f"clip ({budgets.clip_steps} steps) zero-shot on fresh renders: {zs}")
-        t = time.time()
-        model, processor = train_toy_clip(
-            images, labels, budgets.clip_more_steps, seed=seed, log=log, init=(model, processor), stream=8, lr=1e-3
-        )
-        model.save_pretrained(out / CLIP_DIR)
-        processor.save_pretrained(out / CLIP_DIR)
-        timings["clip_more"] = time.time() - t
-        zs = zero_shot_accuracy(model, processor, test_images[:500], test_labels[:500])
-        log(f"clip (+{budgets.clip_more_steps} steps) zero-shot on fresh renders: {zs}")
-    text_init = CLIPModel.from_pretrained(out / CLIP_DIR).text_model.state_dict()
+    text_init = CLIPModel.from_pretrained(out / CLIP_INIT_DIR).text_model.state_dict()
 
     if "t2i" in stages or not (out / PIPELINE_DIR).exists():
         t = time.time()
@@ -586,6 +580,18 @@ def train_all(
         _save_fp16(pipe, out / PIPELINE_DIR)
         timings["t2i"] = time.time() - t
 
+    if {"clip", "clip_more"} & set(stages) or not (out / CLIP_DIR).exists():
+        # The shipped toy CLIP: the one above, trained further (a fresh schedule, its own draws).
+        t = time.time()
+        init = (CLIPModel.from_pretrained(out / CLIP_INIT_DIR), CLIPProcessor.from_pretrained(out / CLIP_INIT_DIR))
+        model, processor = train_toy_clip(
+            images, labels, budgets.clip_more_steps, seed=seed, log=log, init=init, stream=8, lr=1e-3
+        )
+        model.save_pretrained(out / CLIP_DIR)
+        processor.save_pretrained(out / CLIP_DIR)
+        timings["clip_more"] = time.time() - t
+        zs = zero_shot_accuracy(model, processor, test_images[:500], test_labels[:500])
+        log(f"clip (+{budgets.clip_more_steps} steps) zero-shot on fresh renders: {zs}")
     timings["total"] = time.time() - t_all
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     log(f"done: {timings}")
