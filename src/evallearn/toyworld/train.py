@@ -50,7 +50,7 @@ class Budgets:
     vae_steps: int = 600
     clip_steps: int = 500
     clip_more_steps: int = 600
-    unet_steps: int = 3000
+    unet_steps: int = 7000
     unet_batch: int = 16
     unet_lr: float = 5e-4
     text_lr: float = 5e-4
