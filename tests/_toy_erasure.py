@@ -1,5 +1,10 @@
 """Shared toy-world erasure check for the technique tests: erase "circle" with a technique through
-the runner and read UA / IRA before and after (skipped until the toy weights are shipped)."""
+the runner and read UA / IRA before and after (skipped unless the shipped toy model meets its shape bar).
+
+The shape tests erase "cross", the toy world's designated unsafe shape: the neutral anchor "shape" the
+closed-form edits map onto is itself drawn as a circle about half the time, so mapping "circle" onto it
+cannot take circle accuracy near zero (UCE on "circle": 0.875 -> 0.5; on "cross": 0.875 -> 0.125).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ def toy_ready() -> bool:
 needs_toy = pytest.mark.skipif(not toy_ready(), reason=BELOW_BAR)
 
 
-def erase_on_toy(tmp_path, technique: str, params: dict, concept: str = "circle") -> dict:
+def erase_on_toy(tmp_path, technique: str, params: dict, concept: str = "cross") -> dict:
     from evallearn.config import parse_config
     from evallearn.runner import run
 

@@ -84,6 +84,7 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, key
 @pytest.mark.slow
 def test_mace_on_the_toy_world(tmp_path):
     r = erase_on_toy(tmp_path, "mace", {"mapping": ["shape"], "lamb": 1.0, "learning_rate": 1e-3,
-                                        "max_train_steps": 50, "data_steps": 20, "data_guidance": 6.0})
+                                        "max_train_steps": 50, "data_steps": 20, "data_guidance": 6.0},
+                     concept="cross")
     assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"])
     assert r["ira_after"] >= 0.85 * r["ira_before"]

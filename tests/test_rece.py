@@ -88,6 +88,6 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, key
 @needs_toy
 @pytest.mark.slow
 def test_rece_on_the_toy_world(tmp_path):
-    r = erase_on_toy(tmp_path, "rece", {"guide": "shape", "epochs": 1, "regular_scale": 1e-3})
+    r = erase_on_toy(tmp_path, "rece", {"guide": "shape", "epochs": 1, "regular_scale": 1e-3}, concept="cross")
     assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"])
     assert r["ira_after"] >= 0.85 * r["ira_before"]

@@ -160,7 +160,6 @@ def test_pipeline_draws_the_prompted_colour(pipe, classifier, generated):
     assert np.allclose(again, images[:2], atol=1e-5)
 
 
-@pytest.mark.xfail(reason="the shipped weights do not meet the shape bar yet (docs/toyworld.md)", strict=False)
 def test_pipeline_draws_the_prompted_shape(classifier, generated):
     _, _, want, images = generated
     assert _acc(classifier, images, want, "shape", 0) >= 0.75

@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from _toy_erasure import erase_on_toy, needs_toy
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -78,3 +79,11 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, mes
     with pytest.raises(UserError) as e:
         _ctx(tiny_pipe_dir, tmp_path, params)
     assert message.split()[0] in str(e.value) and "\n" not in str(e.value)
+
+
+@needs_toy
+@pytest.mark.slow
+def test_uce_on_the_toy_world(tmp_path):
+    r = erase_on_toy(tmp_path, "uce", {"guide": "shape"})  # erases "cross"
+    assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"]), r
+    assert r["ira_after"] >= 0.85 * r["ira_before"], r

@@ -81,7 +81,7 @@ def _existing(sub: str) -> Path:
 #: the ground-truth bar of issue 3: the toy model must draw the prompted shape and colour this
 #: often before an erasure measured on it means anything
 GROUND_TRUTH_BAR = {"shape": 0.90, "colour": 0.90}
-BELOW_BAR = "the shipped toy model is below its shape ground-truth bar (docs/toyworld.md): erasure cannot be shown on it"
+BELOW_BAR = "the shipped toy model is below its shape ground-truth bar (docs/toyworld.md): no erasure shows on it"
 
 
 def ground_truth() -> dict | None:
