@@ -101,9 +101,6 @@ def toy_runs(tmp_path_factory):
 
 @needs_toy
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "measured on the shipped toy model, erasing 'cross' with SLD-MAX: UA 0.19 -> 0.38 (cross accuracy "
-    "0.81 -> 0.62), IRA 0.56 -> 0.52: a partial erasure, short of the +0.2 UA this test asks"))
 def test_sld_on_the_toy_world(toy_runs):
     values = toy_erasure({"name": "sld", "params": {"preset": "max", "concept_from_run": True}}, toy_runs)
     assert_erased_and_kept(values)
