@@ -93,4 +93,5 @@ def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
 
 def test_request_uses_run_sampler(ctx):
     r = ctx.request("x", 3)
-    assert r == GenRequest("x", 3, steps=20, guidance_scale=6.0, height=64, width=64, scheduler="ddim")
+    # guidance left unset: a Stable Diffusion folder's own, 7.5
+    assert r == GenRequest("x", 3, steps=20, guidance_scale=7.5, height=64, width=64, scheduler="ddim")
