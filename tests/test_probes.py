@@ -16,9 +16,14 @@ from evallearn.probes.verdict import diff_ci, verdict
 WACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "wace_concepts"
 
 
-def _ddim(cls=DDIMScheduler, **attrs):
-    s = cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-            set_alpha_to_one=False, steps_offset=1)
+SD_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                   set_alpha_to_one=False)
+#: SD 2.x-style: v-prediction on a zero-terminal-SNR schedule with trailing timesteps
+V_ZERO_SNR = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+
+
+def _ddim(cls=DDIMScheduler, schedule=(("steps_offset", 1),), **attrs):
+    s = cls(**SD_SCHEDULE, **dict(schedule))
     for k, v in attrs.items():
         setattr(s, k, v)
     s.set_timesteps(10)
@@ -50,13 +55,7 @@ def test_eta_ddim_matches_ddim_for_eta_le_1_and_stays_finite_above():
 
 
 def _vddim(cls=DDIMScheduler, **attrs):
-    s = cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-            set_alpha_to_one=False, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-            timestep_spacing="trailing")
-    for k, v in attrs.items():
-        setattr(s, k, v)
-    s.set_timesteps(10)
-    return s
+    return _ddim(cls, tuple(V_ZERO_SNR.items()), **attrs)
 
 
 def test_v_prediction_steps_match_ddim_and_guidance_acts_on_the_equivalent_eps():

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from ..components import Params
-from ..models.prediction import denoising_target  # noqa: F401  (re-exported for the techniques)
+from ..models.prediction import denoising_target
 
 Precision = Literal["no", "fp16", "bf16"]
 
