@@ -132,7 +132,8 @@ def show(
 
 @app.command()
 def evaluate(
-    per_shape: int = typer.Option(32, help="Images per shape (fixed seeds 1000.., paired across shapes)."),
+    per_shape: int = typer.Option(32, help="Images per shape (fixed seeds, paired across shapes)."),
+    first_seed: int = typer.Option(1000, help="Seed of each shape's first image."),
     steps: int = typer.Option(20, help="DDIM steps."),
     guidance: float = typer.Option(6.0, help="Classifier-free guidance scale."),
     pipeline: Path = typer.Option(None, help="Pipeline folder (default: the shipped toy model)."),
@@ -150,7 +151,8 @@ def evaluate(
     torch.set_num_threads(2)
     pipe = StableDiffusionPipeline.from_pretrained(str(pipeline or toy_pipeline_dir()))
     pipe.set_progress_bar_config(disable=True)
-    res = evaluate_pipeline(pipe, load_toy_classifier(), n_per_shape=per_shape, steps=steps, guidance=guidance)
+    res = evaluate_pipeline(pipe, load_toy_classifier(), n_per_shape=per_shape, steps=steps, guidance=guidance,
+                            first_seed=first_seed)  # fmt: skip
     res.pop("images")
     typer.echo("| prompted | shape | colour | style | " + " | ".join(SHAPES) + " |")
     for shape, row in zip(SHAPES, res["confusion"], strict=True):

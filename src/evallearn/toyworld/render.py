@@ -16,7 +16,7 @@ stripes with a 4 px period inside a 1 px outline) and ``outlined`` (a hollow 2.5
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -227,18 +227,41 @@ def render(
     return render_scene(scene, size=size), scene
 
 
-def render_dataset(n: int, seed: int, size: int = IMAGE_SIZE, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_dataset(
+    n: int, seed: int, size: int = IMAGE_SIZE, start: int = 0, tinted: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Render images ``start .. start+n-1`` of the data set ``seed``.
 
     Returns ``(images uint8 [n, size, size, 3], labels int64 [n, 4])``, labels in the order of
     :data:`HEADS`. Image ``i`` depends only on ``(seed, i)``, so chunks can be rendered in any
     order or in parallel and give the same data.
+
+    ``tinted`` renders the same scenes with the background moved towards a random colour
+    (:func:`tint_background`): backgrounds that are not in the world, as a diffusion model draws
+    them when the prompt names none. They train and test the judge's colour, shape and style
+    heads against the background; the ``background`` label is that of the untinted scene.
     """
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.empty((n, len(HEADS)), dtype=np.int64)
     for j in range(n):
         rng = np.random.default_rng([seed, start + j])
         scene = sample_scene(rng, size=size)
+        if tinted:
+            scene = tint_background(scene, np.random.default_rng([seed, start + j, 1]))
         images[j] = render_scene(scene, size=size)
         labels[j] = scene.labels
     return images, labels
+
+
+#: how far :func:`tint_background` moves a background towards its random colour
+TINT_RANGE = (0.15, 0.7)
+
+
+def tint_background(scene: Scene, rng: np.random.Generator) -> Scene:
+    """``scene`` with its background moved a fraction ``w ~ U(TINT_RANGE)`` of the way to a colour
+    drawn uniformly from the RGB cube (pale greens, pinks, oranges: what the toy model draws when
+    a prompt leaves the background open)."""
+    target = rng.uniform(0, 255, size=3)
+    w = rng.uniform(*TINT_RANGE)
+    bg = (1 - w) * np.asarray(scene.bg_rgb, dtype=np.float64) + w * target
+    return replace(scene, bg_rgb=tuple(int(v) for v in np.clip(np.rint(bg), 0, 255)))

@@ -47,6 +47,9 @@ class Budgets:
     """Training budgets (steps) and data sizes; the defaults made the shipped weights."""
 
     n_train: int = 40_000
+    #: renders of the same scenes with tinted backgrounds (``render_dataset(..., tinted=True)``)
+    #: added to the classifier's training set, so the judge reads the shape, not the background
+    n_tinted: int = 20_000
     classifier_steps: int = 500
     vae_steps: int = 600
     clip_steps: int = 500
@@ -89,34 +92,50 @@ def _log_to(path: Path | None):
 # --------------------------------------------------------------------------- data
 
 
-def render_training_set(n: int, seed: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def render_training_set(n: int, seed: int, workers: int = 2, tinted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render ``n`` images of data set ``seed`` (deterministic, chunked over processes)."""
     if workers <= 1 or n < 2000:
-        return render_dataset(n, seed)
+        return render_dataset(n, seed, tinted=tinted)
     from concurrent.futures import ProcessPoolExecutor
 
     chunks = [(start, min(n, start + 5000)) for start in range(0, n, 5000)]
     with ProcessPoolExecutor(workers) as ex:
-        parts = list(ex.map(_render_chunk, [(b - a, seed, a) for a, b in chunks]))
+        parts = list(ex.map(_render_chunk, [(b - a, seed, a, tinted) for a, b in chunks]))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _render_chunk(args):
-    n, seed, start = args
-    return render_dataset(n, seed, start=start)
+    n, seed, start, tinted = args
+    return render_dataset(n, seed, start=start, tinted=tinted)
 
 
 # --------------------------------------------------------------------------- classifier
 
 
-def train_classifier(images, labels, steps: int, seed: int, batch_size: int = 64, lr: float = 2e-3, log=print):
+def train_classifier(
+    images,
+    labels,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    log=print,
+    tinted: tuple[np.ndarray, np.ndarray] | None = None,
+):
+    """Train the judge on ``images``; with ``tinted`` (images, labels from ``render_dataset(...,
+    tinted=True)``) every batch draws from both sets, and the tinted images train every head but
+    ``background`` (their background is in no class)."""
     torch.manual_seed(seed)
     model = ToyClassifier()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    if tinted is not None:
+        images, labels = np.concatenate([images, tinted[0]]), np.concatenate([labels, tinted[1]])
+    n_plain = len(images) - (0 if tinted is None else len(tinted[0]))
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2)
     y_all = torch.from_numpy(labels)
+    bg = HEADS.index("background")
     t0 = time.time()
     for step in range(steps):
         rng = np.random.default_rng([seed, 1, step])
@@ -124,7 +143,9 @@ def train_classifier(images, labels, steps: int, seed: int, batch_size: int = 64
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x = augment(x_all[idx].float() / 255.0, g)
         out = model(x)
-        loss = sum(F.cross_entropy(out[h], y_all[idx, k]) for k, h in enumerate(HEADS))
+        y = y_all[idx].clone()
+        y[idx >= n_plain, bg] = -100  # ignored by cross_entropy
+        loss = sum(F.cross_entropy(out[h], y[:, k], ignore_index=-100) for k, h in enumerate(HEADS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -454,14 +475,15 @@ def train_t2i(
 # --------------------------------------------------------------------------- evaluation
 
 
-def eval_prompts(n_per_shape: int) -> list[tuple[str, str, str, str, int]]:
-    """``(prompt, shape, colour, style, seed)`` for the ground-truth bar; seeds are paired across shapes."""
+def eval_prompts(n_per_shape: int, first_seed: int = 1000) -> list[tuple[str, str, str, str, int]]:
+    """``(prompt, shape, colour, style, seed)`` for the ground-truth bar; seeds ``first_seed..`` are
+    paired across shapes."""
     out = []
     for shape in SHAPES:
         for j in range(n_per_shape):
             colour = COLOURS[j % len(COLOURS)]
             style = STYLES[(j // len(COLOURS)) % len(STYLES)]
-            out.append((full_caption(shape, colour, style, template=j % 2), shape, colour, style, 1000 + j))
+            out.append((full_caption(shape, colour, style, template=j % 2), shape, colour, style, first_seed + j))
     return out
 
 
@@ -478,9 +500,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidan
 
 
 @torch.no_grad()
-def evaluate_pipeline(pipe, classifier: ToyClassifier, n_per_shape: int = 32, steps: int = 20, guidance: float = 6.0):
+def evaluate_pipeline(
+    pipe, classifier: ToyClassifier, n_per_shape: int = 32, steps: int = 20, guidance: float = 6.0,
+    first_seed: int = 1000,
+):  # fmt: skip
     """Judge generations of fully specified prompts; returns accuracies and the shape confusion matrix."""
-    items = eval_prompts(n_per_shape)
+    items = eval_prompts(n_per_shape, first_seed)
     images = generate(pipe, [p for p, *_ in items], [s for *_, s in items], steps, guidance)
     probs = classifier.predict(images)
     pred = {h: probs[h].argmax(1).numpy() for h in HEADS}
@@ -499,6 +524,7 @@ def evaluate_pipeline(pipe, classifier: ToyClassifier, n_per_shape: int = 32, st
     mean = {a: float(np.mean([v[a] for v in per_shape.values()])) for a in ("shape", "colour", "style")}
     return {
         "n_per_shape": n_per_shape,
+        "first_seed": first_seed,
         "steps": steps,
         "guidance": guidance,
         "per_shape": per_shape,
@@ -554,10 +580,13 @@ def train_all(
 
     if "classifier" in stages or not (out / CLASSIFIER_DIR).exists():
         t = time.time()
-        clf = train_classifier(images, labels, budgets.classifier_steps, seed, log=log)
+        tinted = render_training_set(budgets.n_tinted, seed, tinted=True) if budgets.n_tinted else None
+        clf = train_classifier(images, labels, budgets.classifier_steps, seed, log=log, tinted=tinted)
         clf.save(out / CLASSIFIER_DIR)
         timings["classifier"] = time.time() - t
         log(f"classifier on fresh renders: {classifier_accuracy(clf, test_images, test_labels)}")
+        tinted_test = render_dataset(2000, seed + 2, tinted=True)
+        log(f"classifier on fresh renders with tinted backgrounds: {classifier_accuracy(clf, *tinted_test)}")
     clf = ToyClassifier.load(out / CLASSIFIER_DIR)
 
     from diffusers import AutoencoderKL
