@@ -313,11 +313,15 @@ class EMA:
         self.shadow = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
 
     @torch.no_grad()
-    def update(self, modules, step: int) -> None:
+    def update(self, modules, step: int, foreach: bool = True) -> None:
         d = min(self.max_decay, (1 + step) / (10 + step))
         for sm, m in zip(self.shadow, modules, strict=True):
-            for ps, p in zip(sm.parameters(), m.parameters(), strict=True):
-                ps.lerp_(p.detach(), 1 - d)
+            shadow, live = list(sm.parameters()), [p.detach() for p in m.parameters()]
+            if foreach:  # one fused call instead of a Python loop over ~400 small tensors
+                torch._foreach_lerp_(shadow, live, 1 - d)
+            else:
+                for ps, p in zip(shadow, live, strict=True):
+                    ps.lerp_(p, 1 - d)
             for bs, b in zip(sm.buffers(), m.buffers(), strict=True):
                 bs.copy_(b)
 
@@ -343,9 +347,10 @@ def _lr_factor(step: int, budgets: Budgets, warmup: int = 200) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up, constant, then a cosine anneal to 0
     over the last ``budgets.lr_decay_steps`` steps."""
     f = min(1.0, (step + 1) / warmup)
-    start = budgets.unet_steps - budgets.lr_decay_steps
-    if budgets.lr_decay_steps > 0 and step >= start:
-        f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / budgets.lr_decay_steps)))
+    decay = min(budgets.lr_decay_steps, budgets.unet_steps)
+    start = budgets.unet_steps - decay
+    if decay > 0 and step >= start:
+        f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / decay)))
     return f
 
 
@@ -387,6 +392,9 @@ def train_t2i(
             {"params": text_params, "lr": budgets.text_lr},
         ],
         weight_decay=0.01,
+        # on CPU torch defaults to a Python loop over the parameters; the multi-tensor kernels do
+        # the same arithmetic with less overhead (benchmarks/bench_toy_train.py)
+        foreach=True,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, budgets=budgets))
     ema = EMA([unet, text_encoder])
@@ -440,7 +448,7 @@ def train_t2i(
         loss = (weight_by_t[t] * per).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + text_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + text_params, 1.0, foreach=True)
         opt.step()
         sched.step()
         ema.update([unet, text_encoder], step)
