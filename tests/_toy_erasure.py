@@ -1,5 +1,6 @@
-"""Shared toy-world erasure check for the technique tests: erase "circle" with a technique through
-the runner and read UA / IRA before and after (skipped unless the shipped toy model meets its shape bar).
+"""Shared toy-world erasure check for the technique tests: erase a shape ("cross" unless told) with a
+technique through the runner and read UA / IRA before and after (skipped unless the shipped toy model
+meets its shape bar).
 
 The shape tests erase "cross", the toy world's designated unsafe shape: the neutral anchor "shape" the
 closed-form edits map onto is itself drawn as a circle about half the time, so mapping "circle" onto it
