@@ -52,3 +52,13 @@ def test_compare_tabulates_runs(tmp_path):
     assert "0.750 (+0.500)" in res.stdout and "0.500 (+0.250)" in res.stdout and "esd" in res.stdout
     res = eval_learn("compare", tmp_path / "missing")
     assert res.returncode == 2 and "neither a results.json nor a folder" in res.stderr
+
+
+def test_command_line_usage_errors_are_one_error_line_and_exit_2():
+    # typer >= 0.20 raises its own copies of click's usage errors; they once escaped as a traceback
+    for args, needle in ((("toy", "show", "--model", "x"), "No such option: --model"),
+                         (("run",), "Missing argument 'config'"),
+                         (("toy", "show", "--per-shape", "abc"), "'--per-shape'")):
+        res = eval_learn(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -202,13 +202,26 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if _is_usage_error(exc):  # an unknown option, a missing argument, a bad value
             exc.show()
             sys.exit(2)
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's own exceptions, or the copies typer >= 0.20 vendors (they derive from
+    ``typer.TyperException``, not from ``click.ClickException``)."""
+    kinds: list[type] = []
+    if hasattr(typer, "TyperException"):
+        kinds.append(typer.TyperException)
+    try:
+        import click
+
+        kinds.append(click.ClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds)) and hasattr(exc, "show")
 
 
 if __name__ == "__main__":
