@@ -221,3 +221,23 @@ def test_toy_clip_ranks_the_matching_caption_first():
         tok = processor(text=other_shape, padding=True, return_tensors="pt")
         t_wrong = torch.nn.functional.normalize(model.get_text_features(**tok).pooler_output, dim=-1)
     assert ((img * t_wrong).sum(1) < own).float().mean() >= 0.9
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_toy_show_writes_a_labelled_grid_and_rejects_a_folder_that_is_not_a_pipeline(tmp_path):
+    from helpers import eval_learn
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    res = eval_learn("toy", "show", "--out", out, "--per-shape", 2, "--steps", 4, "--scale", 2)
+    assert res.returncode == 0, res.stderr
+    assert f"/{2 * len(SHAPES)} images" in res.stdout  # "prompted shape drawn in k/8 images"
+    # one row per shape: 64 px tiles plus a 30 px label band, after a 70 px column of row names
+    assert Image.open(out).size == (70 + 2 * 64, len(SHAPES) * (64 + 30))
+
+    res = eval_learn("toy", "show", "--pipeline", tmp_path, "--out", tmp_path / "x.png")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == f"error: model folder {tmp_path} is not a diffusers pipeline (no model_index.json)"
+    assert not (tmp_path / "x.png").exists()

@@ -6,7 +6,7 @@ trained contrastively on their captions (:func:`toy_clip_dir`), a classifier tha
 generated images against ground truth (:func:`load_toy_classifier`) and the concepts and prompt
 sets the metrics need (:mod:`.concepts`). See ``docs/toyworld.md``.
 
-Default sampler for the shipped pipeline: 32x32 px, DDIM 20 steps, guidance 6.
+Default sampler for the shipped pipeline: 32x32 px, DDIM 20 steps, guidance 4 (``DEFAULT_GUIDANCE``).
 """
 
 from __future__ import annotations

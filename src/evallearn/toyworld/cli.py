@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from . import DEFAULT_GUIDANCE
+
 app = typer.Typer(help="The toy world: train its artefacts or show samples.", no_args_is_help=True)
 
 _ARTEFACTS = ("pipeline", "clip", "classifier")
@@ -78,7 +80,7 @@ def show(
     per_shape: int = typer.Option(8, help="Images per shape (one row per shape)."),
     seed: int = typer.Option(0, help="First seed; image j of every row uses seed + j."),
     steps: int = typer.Option(20, help="DDIM steps."),
-    guidance: float = typer.Option(6.0, help="Classifier-free guidance scale."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Classifier-free guidance scale (the toy model's own: 4)."),
     pipeline: Path = typer.Option(None, help="Pipeline folder (default: the shipped toy model)."),
     scale: int = typer.Option(4, help="Upscaling of each 32 px image in the grid."),
 ) -> None:
@@ -87,7 +89,7 @@ def show(
     import torch
     from PIL import Image, ImageDraw
 
-    from . import COLOURS, SHAPES, STYLES, load_toy_classifier, toy_pipeline_dir
+    from . import COLOURS, SHAPES, STYLES, load_toy_classifier
     from .concepts import full_caption
     from .train import generate
 
@@ -96,7 +98,7 @@ def show(
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(2)
-    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline or toy_pipeline_dir()))
+    pipe = StableDiffusionPipeline.from_pretrained(str(_pipeline_folder(pipeline)))
     pipe.set_progress_bar_config(disable=True)
     clf = load_toy_classifier()
     prompts, seeds, wanted = [], [], []
@@ -135,7 +137,7 @@ def evaluate(
     per_shape: int = typer.Option(32, help="Images per shape (fixed seeds, paired across shapes)."),
     first_seed: int = typer.Option(1000, help="Seed of each shape's first image."),
     steps: int = typer.Option(20, help="DDIM steps."),
-    guidance: float = typer.Option(6.0, help="Classifier-free guidance scale."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Classifier-free guidance scale (the toy model's own: 4)."),
     pipeline: Path = typer.Option(None, help="Pipeline folder (default: the shipped toy model)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the results (JSON) here."),
 ) -> None:
@@ -145,11 +147,11 @@ def evaluate(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from . import SHAPES, load_toy_classifier, toy_pipeline_dir
+    from . import SHAPES, load_toy_classifier
     from .train import evaluate_pipeline
 
     torch.set_num_threads(2)
-    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline or toy_pipeline_dir()))
+    pipe = StableDiffusionPipeline.from_pretrained(str(_pipeline_folder(pipeline)))
     pipe.set_progress_bar_config(disable=True)
     res = evaluate_pipeline(pipe, load_toy_classifier(), n_per_shape=per_shape, steps=steps, guidance=guidance,
                             first_seed=first_seed)  # fmt: skip
@@ -167,3 +169,13 @@ def evaluate(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+def _pipeline_folder(pipeline: Path | None) -> Path:
+    """``--pipeline`` checked to be a diffusers pipeline folder, or the shipped toy model."""
+    from ..models.loading import inspect_folder
+    from . import toy_pipeline_dir
+
+    folder = Path(pipeline) if pipeline is not None else toy_pipeline_dir()
+    inspect_folder(str(folder), folder)  # UserError naming the folder when it is not a pipeline
+    return folder
