@@ -9,12 +9,12 @@ import pytest
 import torch
 
 # Each of these runs takes 0.5-3.5 minutes on one thread, about 17 minutes together, which the
-# CI's 25-minute budget cannot hold beside the other toy tests: opt-in. Validated on the retrained
-# toy model on 2026-11-23 (erasing "cross", guidance 6, 16 prompts; cross accuracy before -> after,
-# IRA before -> after): ESD-u 0.94 -> 0.25 (IRA 0.58 -> 0.85), gradient ascent 0.94 -> 0.56
-# (0.58 -> 0.58), task vector 0.94 -> 0.44 (0.58 -> 0.63),
-# AdvUnlearn 0.94 -> 0.62 (0.58 -> 0.56), STEREO 0.94 -> 0.31 (0.58 -> 0.67), Concept Ablation
-# 0.94 -> 0.31 (0.58 -> 0.58) pass; CoGFD is an xfail (0.94 -> 0.75).
+# CI's 25-minute budget cannot hold beside the other toy tests: opt-in. Validated with the fixed toy
+# judge on 2026-11-23 (erasing "cross", guidance 6, 16 prompts; cross accuracy before -> after, IRA
+# before -> after): ESD-u 1.00 -> 0.12 (IRA 0.92 -> 1.00), task vector 1.00 -> 0.62 (0.92 -> 0.92),
+# AdvUnlearn 1.00 -> 0.31 (0.92 -> 0.90), STEREO 1.00 -> 0.19 (0.92 -> 0.94), Concept Ablation
+# 1.00 -> 0.56 (0.92 -> 0.88) pass; gradient ascent (1.00 -> 0.69, IRA 0.92 -> 0.71) and CoGFD
+# (1.00 -> 0.81) are xfails.
 opt_in = pytest.mark.skipif(os.environ.get("EVALLEARN_TOY_FINETUNE") != "1",
                             reason="toy fine-tuning erasure runs are opt-in (EVALLEARN_TOY_FINETUNE=1)")
 
