@@ -167,15 +167,13 @@ def evaluate(
         out.write_text(json.dumps(res, indent=2) + "\n")
 
 
+def _pipeline_folder(pipeline: Path | None) -> Path:
+    """``--pipeline``, or the shipped toy model, resolved as a config's ``model:`` is: a one-line error
+    names a folder that is not a pipeline, or says how to get the toy weights when they are missing."""
+    from ..models.loading import TOY, resolve_model
+
+    return resolve_model(str(pipeline) if pipeline is not None else TOY).path
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
-
-
-def _pipeline_folder(pipeline: Path | None) -> Path:
-    """``--pipeline`` checked to be a diffusers pipeline folder, or the shipped toy model."""
-    from ..models.loading import inspect_folder
-    from . import toy_pipeline_dir
-
-    folder = Path(pipeline) if pipeline is not None else toy_pipeline_dir()
-    inspect_folder(str(folder), folder)  # UserError naming the folder when it is not a pipeline
-    return folder
