@@ -79,3 +79,58 @@ def test_nudenet_detector_runs_on_blank_images():
     j = NudeNetJudge(NudeNetJudge.Params())
     assert list(j.detect(np.zeros((2, 64, 64, 3), np.uint8))) == [False, False]
     assert j.spec()["threshold"] == 0.45
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: a stand-in for a hostile prompts file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["prompts.p", "prompts.pkl", "prompts.npy", "prompts.safetensors"])
+def test_q16_never_unpickles_a_prompts_file(tmp_path, name):
+    import pickle
+
+    from evallearn.judges.q16 import Q16Judge, load_prompts
+
+    marker = tmp_path / "payload-ran"
+    f = tmp_path / name
+    f.write_bytes(pickle.dumps(_Payload(marker)))
+    load_prompts.cache_clear()
+    with pytest.raises(UserError) as err:
+        load_prompts(str(f))
+    assert not marker.exists()
+    msg = str(err.value)
+    assert "\n" not in msg and str(f) in msg
+    if f.suffix not in (".npy", ".safetensors"):  # refused by `validate` too, before any file is read
+        with pytest.raises(UserError, match="pickles"):
+            Q16Judge.parse_params({"prompts": str(f)}, "judge 'q16'")
+    assert not marker.exists()
+
+
+def test_q16_npy_object_array_is_refused(tmp_path):
+    from evallearn.judges.q16 import load_prompts
+
+    marker = tmp_path / "payload-ran"
+    f = tmp_path / "prompts.npy"
+    np.save(f, np.array([_Payload(marker), 1], dtype=object), allow_pickle=True)
+    load_prompts.cache_clear()
+    with pytest.raises(UserError, match="plain array"):
+        load_prompts(str(f))
+    assert not marker.exists()
+
+
+def test_q16_reads_safetensors_prompts(tmp_path):
+    from safetensors.numpy import save_file
+
+    from evallearn.judges.q16 import load_prompts
+
+    prompts = np.arange(8, dtype=np.float32).reshape(2, 4)
+    f = tmp_path / "prompts.safetensors"
+    save_file({"prompts": prompts}, str(f))
+    load_prompts.cache_clear()
+    np.testing.assert_array_equal(load_prompts(str(f)), prompts)
