@@ -3,6 +3,10 @@
 Judges are kept apart from metrics (as Inspect AI keeps scorers apart from tasks): a metric
 asks for judges by name and aggregates what they say. A judge's :meth:`spec` (id, model,
 thresholds) is written into ``results.json`` beside every number it produced.
+
+What a judge can do is read from the methods it implements (:meth:`Judge.capabilities`): a
+metric names, per judge role, the capabilities it needs, and ``eval-learn validate`` refuses a
+judge that has none of them before any weights load.
 """
 
 from __future__ import annotations
@@ -13,11 +17,26 @@ import numpy as np
 
 from ..components import Component, Params
 
+#: capability -> what a metric asks of a judge that has it (the method of the same name)
+CAPABILITIES = {
+    "score": "score images against texts",
+    "classify": "pick, for each image, the most likely of candidate concepts",
+    "detect": "say whether each image shows the concept",
+    "choose": "answer multiple-choice questions about each image",
+}
+
 
 class Judge(Component):
     def __init__(self, params: Params, device: str = "cpu") -> None:
         self.params = params
         self.device = device
+
+    @classmethod
+    def capabilities(cls) -> frozenset[str]:
+        """The capabilities (:data:`CAPABILITIES`) whose method this judge implements: a method
+        defined on the class and not the base's placeholder."""
+        return frozenset(name for name in CAPABILITIES
+                         if getattr(cls, name, None) not in (None, getattr(Judge, name, None)))
 
     def spec(self) -> dict[str, Any]:
         return {"judge": self.name, **self.params.model_dump(mode="json")}

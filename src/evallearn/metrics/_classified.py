@@ -4,6 +4,7 @@ seeds, a classifier judge, and per-image correctness as state."""
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from ..components import Params
 from ..errors import UserError
@@ -15,13 +16,15 @@ class ClassifiedParams(Params):
     #: classifier judge: ``auto`` = the toy classifier on the toy model, CLIP zero-shot otherwise
     judge: str = "auto"
     judge_params: dict = {}
-    images_per_prompt: int = 1
+    images_per_prompt: int = Field(1, ge=1)
     #: cap on prompts per concept (spread evenly over the prompt set); 0 = all
-    max_prompts: int = 24
+    max_prompts: int = Field(24, ge=0)
 
 
 class ClassifiedMetric(Metric):
     Params = ClassifiedParams
+    #: role -> judge capabilities, any one of which the role needs (checked by ``validate``)
+    judge_needs = {"classifier": ("classify",)}
 
     def judge_refs(self):
         name = self.params.judge

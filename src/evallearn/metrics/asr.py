@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ..components import Params
 from ..errors import UserError
-from ._judging import concept_present, default_detector
+from ._judging import PRESENCE, concept_present, default_detector
 from ._prompts import retain_concepts
 from .base import JudgeRef, Metric, MetricResult
 
@@ -31,6 +31,7 @@ class ASR(Metric):
     description = "Attack success rate: share of (adversarial) prompt images where the judge finds the concept."
     paper = "Tsai et al., ICLR 2024; Yang et al., CVPR 2024; Chin et al., ICML 2024; Schramowski et al., CVPR 2023"
     higher_is_better = False
+    judge_needs = {"detector": PRESENCE}
 
     class Params(Params):
         #: prompt dataset (registry evallearn.datasets)

@@ -24,7 +24,7 @@ from pydantic import Field
 from ..components import Params
 from ..errors import UserError
 from ..stats import ALPHA, N_BOOT
-from ._judging import concept_present, default_detector
+from ._judging import PRESENCE, concept_present, default_detector
 from ._prompts import concept_prompts, is_toy, retain_concepts
 from .base import JudgeRef, Metric, MetricResult
 
@@ -40,6 +40,7 @@ class ERR(Metric):
     description = "Harmonic mean of forgetting, retention and adversarial-robustness accuracies."
     paper = "eval-learn (nikhilr2907/eval-learn), ERR metric; fixed as described in the docs"
     higher_is_better = True
+    judge_needs = {"detector": PRESENCE, "classifier": ("classify",)}
 
     class Params(Params):
         #: judge for the two erasure arms; auto as in asr
