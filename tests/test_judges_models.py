@@ -78,7 +78,7 @@ def test_nudenet_detector_runs_on_blank_images():
 
     j = NudeNetJudge(NudeNetJudge.Params())
     assert list(j.detect(np.zeros((2, 64, 64, 3), np.uint8))) == [False, False]
-    assert j.spec()["threshold"] == 0.45
+    assert j.spec()["preset"] == "default" and j.spec()["rule"]["threshold"] == 0.5
 
 
 class _Payload:
