@@ -5,7 +5,7 @@ from evallearn.config import parse_config
 from evallearn.errors import UserError
 from evallearn.generation import Generator, GenRequest
 from evallearn.runner import prepare
-from evallearn.techniques.sld import PRESETS, SLD
+from evallearn.techniques.sld import DIFFUSERS_SAFETY_CONCEPT, PRESETS, SLD
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,26 @@ def test_sld_changes_images_batch_invariantly_and_off_equals_the_base(pipe, tiny
     # SLD disabled (s_S < 1) is exactly Stable Diffusion
     off = _plan(tiny_pipe_dir, tmp_path, {"sld_guidance_scale": 0.0}).technique.apply(pipe, plan.ctx)
     assert np.array_equal(Generator(off).run_batch(REQS), base)
+
+
+#: the safety concept of the authors' SLDPipeline (ml-research/safe-latent-diffusion, sld/sld_pipeline.py)
+AUTHORS_SAFETY_CONCEPT = ("hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily "
+                          "fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, "
+                          "child abuse, brutality, cruelty")
+
+
+def test_default_safety_concept_is_the_authors_and_diffusers_wording_is_named(pipe, tiny_pipe_dir, tmp_path):
+    from diffusers import StableDiffusionPipelineSafe
+
+    plan = _plan(tiny_pipe_dir, tmp_path, {})
+    assert plan.technique.apply(pipe, plan.ctx).safety_concept == AUTHORS_SAFETY_CONCEPT
+    # diffusers' safe pipeline uses its own wording; ours names it for anyone who wants that behaviour
+    parts = {k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    safe = StableDiffusionPipelineSafe(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    assert safe.safety_concept == DIFFUSERS_SAFETY_CONCEPT != AUTHORS_SAFETY_CONCEPT
+    plan = _plan(tiny_pipe_dir, tmp_path, {"safety_concept": DIFFUSERS_SAFETY_CONCEPT})
+    assert plan.technique.apply(pipe, plan.ctx).safety_concept == safe.safety_concept
 
 
 def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path):

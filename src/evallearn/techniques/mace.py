@@ -9,7 +9,9 @@ Three stages, all on the key/value projections of the UNet's cross-attention blo
    padding) are the *surrounding words*: their original-prompt embeddings are mapped to the
    outputs of the mapping prompt's corresponding tokens, so the words around the concept no
    longer carry its residual information. The concept's own tokens are not in the fit.
-   ``W' = (λ W + Σ W c_map cᵀ + s_p Σ W c_p c_pᵀ)(λ I + Σ c cᵀ + s_p Σ c_p c_pᵀ)⁻¹``.
+   ``W' = (λ W + Σ W c_map cᵀ + s_p² Σ W c_p c_pᵀ)(λ I + Σ c cᵀ + s_p² Σ c_p c_pᵀ)⁻¹`` with
+   s_p = ``train_preserve_scale``: squared, as the authors' script applies it (twice; the
+   paper's equation has it once, see :func:`refinement_preserve_weight`).
 2. **One LoRA per concept** on the refined UNet (rank ``rank`` on every ``attn2.to_k`` /
    ``attn2.to_v``), trained to suppress the cross-attention the concept's tokens (and, with
    ``use_pooler``, the EOS/padding tokens) receive inside the concept's region of images the
@@ -89,6 +91,7 @@ class MACEParams(Params):
     #: preserved prompts for the prior term; default: concept.retain through the templates
     preserve: tuple[str, ...] | None = None
     lamb: float = Field(1000.0, ge=0.0)
+    #: s_p of the refinement's prior term, applied squared (as the authors' script does)
     train_preserve_scale: float = Field(0.0, ge=0.0)
     fuse_preserve_scale: float = Field(0.0, ge=0.0)
     use_pooler: bool = True
@@ -177,7 +180,7 @@ class MACE(Technique):
                 normal = Normal(*w.shape, device=w.device)
                 normal.add(ctxs, tgts.to(w) @ w.T)
                 if c_pres is not None:
-                    normal.add(c_pres, c_pres.to(w) @ w.T, p.train_preserve_scale)
+                    normal.add(c_pres, c_pres.to(w) @ w.T, refinement_preserve_weight(p.train_preserve_scale))
                 set_weight(q, solve(w, normal, p.lamb))
         refined = [q.weight.detach().double().clone() for q in projs]
 
@@ -199,6 +202,18 @@ class MACE(Technique):
 
 
 # -- stage 1 ------------------------------------------------------------------------------
+
+
+def refinement_preserve_weight(train_preserve_scale: float) -> float:
+    """Weight of the prior term in the closed-form refinement: ``train_preserve_scale`` squared.
+
+    The authors' training script scales the cached prior by ``train_preserve_scale`` when it
+    merges it with the refinement sums and again inside the refinement solve, so every published
+    config (all within its ``max_memory``) ran the refinement with s_p²; the paper's equation has
+    one factor. Squared here so that the authors' config values reproduce their edit.
+    """
+    return train_preserve_scale**2
+
 
 
 def matching_indices(old: list[int], new: list[int], length: int = 77) -> tuple[list[int], list[int]]:
@@ -424,4 +439,4 @@ def train_lora(pipe, ctx: RunContext, concept: str, prompts: list[str], data, p:
     return deltas_v + deltas_k
 
 
-__all__ = ["MACE", "MACEParams", "matching_indices"]
+__all__ = ["MACE", "MACEParams", "matching_indices", "refinement_preserve_weight"]

@@ -19,6 +19,10 @@ RECE starts from a UCE-edited model (stage 1, :mod:`.uce`) and then, for ``epoch
 
        W'' = (λ W' + s_e Σ W' c_guide c'ᵀ + s_p Σ W' c_p c_pᵀ)(λ I + s_e Σ c' c'ᵀ + s_p Σ c_p c_pᵀ)⁻¹.
 
+   The preserved texts ``c_p`` hold the empty prompt once per erased concept (K concepts: weight
+   K·s_p), as the authors' ``train.py`` builds its retain list (one ``' '`` per concept);
+   ``rece_empty_prompt: once`` counts it once, as the UCE stage does.
+
 Defaults: stage 1 = :class:`UCE`'s defaults (the authors start from a UCE checkpoint made with
 the UCE script's defaults); stage 2 = the RECE README's nudity settings: 3 epochs, γ = 0.1,
 λ = 0.1, s_e = 1, s_p = 0.1 (README: styles and hard objects γ = 1e-3 and 1 epoch; I2P concepts
@@ -28,6 +32,8 @@ model is returned, since the benchmark itself is the evaluation.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -46,6 +52,9 @@ class RECEParams(UCEParams):
     rece_lamb: float = Field(0.1, ge=0.0)
     rece_erase_scale: float = Field(1.0, ge=0.0)
     rece_preserve_scale: float = Field(0.1, ge=0.0)
+    #: how often the empty prompt is preserved in the RECE erase steps: once per erased concept
+    #: (the authors' retain list) or once
+    rece_empty_prompt: Literal["per_concept", "once"] = "per_concept"
 
 
 class RECE(UCE):
@@ -70,7 +79,8 @@ class RECE(UCE):
         guides = [new[0]] * len(concepts)
         c_concepts = embed(pipe, concepts)  # [K, 77, d]
         c_guides = embed(pipe, guides)
-        c_keep = embed(pipe, keep).reshape(-1, c_concepts.shape[-1])
+        c_keep = embed(pipe, rece_preserved(keep, len(concepts), p.rece_empty_prompt)).reshape(
+            -1, c_concepts.shape[-1])
         projs = cross_attention_projections(pipe.unet, p.with_to_k, who)
         for _ in range(p.epochs):
             current = [proj.weight.detach().double() for proj in projs]
@@ -83,6 +93,13 @@ class RECE(UCE):
                 normal.add(c_keep, c_keep.to(w) @ w.T, p.rece_preserve_scale)
                 set_weight(proj, solve(w, normal, p.rece_lamb))
         return pipe
+
+
+def rece_preserved(keep: list[str], n_concepts: int, empty: str = "per_concept") -> list[str]:
+    """The RECE steps' preserved texts: ``keep`` (the empty prompt first, then the preserve
+    concepts) with the empty prompt repeated once per erased concept for ``per_concept``."""
+    rest = [t for t in keep if t != ""]
+    return [""] * (n_concepts if empty == "per_concept" else 1) + rest
 
 
 def regenerating_embeddings(current: list[torch.Tensor], original: list[torch.Tensor], c: torch.Tensor,

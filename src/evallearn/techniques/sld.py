@@ -19,8 +19,10 @@ Every operation is element-wise per sample, so batching does not change an image
 Presets are the paper's four hyper-parameter sets (δ, s_S, λ, s_m, β_m): WEAK (15, 200, 0, 0, 0),
 MEDIUM (10, 1000, 0.01, 0.3, 0.4), STRONG (7, 2000, 0.025, 0.5, 0.7), MAX (0, 5000, 1.0, 0.5, 0.7).
 The default is MEDIUM, the authors' pipeline default. (diffusers' ``SafetyConfig.WEAK`` has
-s_S = 20; the paper and the authors' scripts use 200.) The default safety concept is the
-authors' I2P concept text.
+s_S = 20; the paper and the authors' scripts use 200.) The default safety concept is the text of
+the authors' ``SLDPipeline`` (the I2P categories as a comma-separated list); diffusers'
+``StableDiffusionPipelineSafe`` prefixes the same list with "an image showing"
+(:data:`DIFFUSERS_SAFETY_CONCEPT`, to pass as ``safety_concept`` for diffusers' behaviour).
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from ..context import RunContext
 from ._guided import GuidedPipeline, guided
 from .base import Technique
 
-#: The authors' default safety concept (I2P's categories).
+#: The safety concept of the authors' ``SLDPipeline`` (ml-research/safe-latent-diffusion): I2P's
+#: categories, comma-separated.
 DEFAULT_SAFETY_CONCEPT = (
-    "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, "
+    "hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, "
     "bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, "
     "brutality, cruelty"
 )
+#: diffusers' ``StableDiffusionPipelineSafe`` default: the same list after "an image showing ".
+DIFFUSERS_SAFETY_CONCEPT = "an image showing " + DEFAULT_SAFETY_CONCEPT
 
 #: (warmup_steps, guidance_scale, threshold, momentum_scale, mom_beta), SLD paper Sec. 5.
 PRESETS: dict[str, tuple[int, float, float, float, float]] = {
@@ -89,7 +94,7 @@ class SLD(Technique):
     class Params(Params):
         #: the paper's hyper-parameter set; explicit values below override it
         preset: Literal["weak", "medium", "strong", "max"] = "medium"
-        #: the safety concept S; default: the authors' I2P concept text, or the run's concept
+        #: the safety concept S; default: the authors' SLDPipeline text (I2P's categories), or the run's concept
         #: (with its synonyms) when ``concept_from_run`` is true
         safety_concept: str | None = None
         concept_from_run: bool = False

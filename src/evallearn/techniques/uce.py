@@ -16,12 +16,13 @@ As in the authors' erase script, the erased columns are the token embeddings fro
 text's last word token to the end of the 77-token context (word, EOS, padding), aligned with the
 guide text's tokens from its last word on; ``technique: replace`` maps them to the guide's
 outputs ``v_i = W c_guide``, ``technique: tensor`` to the guide's outputs minus their projection
-on the erased outputs. The preserved texts are the empty prompt (always, as in the script: it
-keeps the unconditional branch of classifier-free guidance in place) plus the preserve
-concepts, with all their 77 columns. Prompt templates (the script's ``add_prompts``) expand the
-erased texts only; each expansion maps to the same guide. Defaults are the script's: λ = 0.5,
-erase scale 1, preserve scale ``max(0.1, 1/#preserved texts)``, guide " " (the unconditional
-embedding), keys and values both edited.
+on the erased outputs, with one direction per (erased text, guide) pair. The preserved texts
+are the empty prompt (always, as in the script: it keeps the unconditional branch of
+classifier-free guidance in place) plus the preserve concepts, with all their 77 columns.
+Prompt templates (the script's ``add_prompts``) expand the erased texts only; each expansion
+maps to the same guide. Defaults are the script's: λ = 0.5, erase scale 1, preserve scale
+``max(0.1, 1/#preserved texts)``, guide " " (the unconditional embedding), keys and values both
+edited.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from ._closed_form import (
 )
 from .base import Technique
 
-__all__ = ["PRESETS", "UCE", "aligned_concept_embeddings", "cross_attention_projections", "embed"]
+__all__ = ["PRESETS", "UCE", "aligned_concept_embeddings", "aligned_concept_spans", "cross_attention_projections",
+           "embed", "erase_targets"]
 
 #: Ready concept sets for Stable Diffusion, after the presets the peer ships (nudity, violence,
 #: dog) and the UCE paper's moderation list.
@@ -116,30 +118,46 @@ class UCE(Technique):
         p = self.params
         old, new, keep = self.texts(ctx)
         s_p = p.preserve_scale if p.preserve_scale is not None else auto_preserve_scale(len(keep))
-        c_old, c_new = aligned_concept_embeddings(pipe, old, new)
+        c_old, c_new, spans = aligned_concept_spans(pipe, old, new)
         c_keep = embed(pipe, keep).reshape(-1, c_old.shape[-1])
         for proj in cross_attention_projections(pipe.unet, p.with_to_k, "technique 'uce'"):
             w = proj.weight.detach().double()
             normal = Normal(*w.shape, device=w.device)
-            normal.add(c_old, erase_targets(w, c_old, c_new, p.technique), p.erase_scale)
+            normal.add(c_old, erase_targets(w, c_old, c_new, p.technique, spans), p.erase_scale)
             normal.add(c_keep, c_keep.to(w) @ w.T, s_p)
             set_weight(proj, solve(w, normal, p.lamb))
         return pipe
 
 
-def erase_targets(w: torch.Tensor, c_old: torch.Tensor, c_new: torch.Tensor, technique: str) -> torch.Tensor:
-    """Targets ``v_i`` for erased columns: the guide's outputs (``replace``), or those minus their
-    component along the (whole, Frobenius-normalised) erased output (``tensor``)."""
+def erase_targets(w: torch.Tensor, c_old: torch.Tensor, c_new: torch.Tensor, technique: str,
+                  spans: list[int] | None = None) -> torch.Tensor:
+    """Targets ``v_i`` for erased columns: the guide's outputs (``replace``), or (``tensor``) those
+    minus their component along the erased outputs, per (erased text, guide) pair.
+
+    ``spans`` gives the number of consecutive columns of each pair (``None``: one pair). For a pair
+    with erased outputs ``O = W C_old`` and guide outputs ``V = W C_new`` (both T × out), the
+    ``tensor`` target is ``V - <U, V>_F U`` with ``U = O / ||O||_F``: one direction per pair, as in
+    the paper's erase script, not one over the whole stack of pairs.
+    """
     v_new = c_new.to(w) @ w.T
     if technique == "tensor":
         o = c_old.to(w) @ w.T
-        u = o / o.norm()
-        v_new = v_new - (u * v_new).sum() * u
+        parts = []
+        for o_k, v_k in zip(o.split(spans or [o.shape[0]]), v_new.split(spans or [o.shape[0]]), strict=True):
+            u = o_k / o_k.norm()
+            parts.append(v_k - (u * v_k).sum() * u)
+        v_new = torch.cat(parts)
     return v_new
 
 
 def aligned_concept_embeddings(pipe, old: list[str], new: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns [ΣT, d] of the erased texts from their last word on, aligned with the guides'."""
+    c_old, c_new, _ = aligned_concept_spans(pipe, old, new)
+    return c_old, c_new
+
+
+def aligned_concept_spans(pipe, old: list[str], new: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """As :func:`aligned_concept_embeddings`, plus the number of columns of each (old, new) pair."""
     tok_old, tok_new = tokenize(pipe, old), tokenize(pipe, new)
     e_old, e_new = embed(pipe, old), embed(pipe, new)
     i_old, i_new = last_word_index(tok_old.attention_mask), last_word_index(tok_new.attention_mask)
@@ -150,4 +168,4 @@ def aligned_concept_embeddings(pipe, old: list[str], new: list[str]) -> tuple[to
         span = length - max(a, b)
         cols_old.append(e_old[k, a : a + span])
         cols_new.append(e_new[k, b : b + span])
-    return torch.cat(cols_old), torch.cat(cols_new)
+    return torch.cat(cols_old), torch.cat(cols_new), [len(c) for c in cols_old]
