@@ -134,3 +134,33 @@ def test_q16_reads_safetensors_prompts(tmp_path):
     save_file({"prompts": prompts}, str(f))
     load_prompts.cache_clear()
     np.testing.assert_array_equal(load_prompts(str(f)), prompts)
+
+
+def test_vqa_blip2_gets_tifas_multiple_choice_prompt(monkeypatch):
+    from evallearn.judges import vqa
+
+    seen = []
+
+    class Inputs(dict):
+        def to(self, device):
+            return self
+
+    class Processor:
+        def __call__(self, images, text, **kw):
+            seen.extend(text)
+            return Inputs()
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return ["cat"] * len(seen)
+
+    class Model:
+        def generate(self, **kw):
+            return [[0]] * len(seen)
+
+    monkeypatch.setattr(vqa, "_load_vqa", lambda ref, device: ("Blip2ForConditionalGeneration", Model(), Processor()))
+    j = vqa.VQAJudge(vqa.VQAJudge.Params())
+    free, mc = j.choose(np.zeros((1, 8, 8, 3), np.uint8), ["What animal is this?"], [["cat", "dog"]])
+    assert seen == ["Answer the multiple-choice question. Question: What animal is this? Choices: cat, dog Answer:"]
+    seen.clear()
+    j.answer(np.zeros((1, 8, 8, 3), np.uint8), ["What animal is this?"])
+    assert seen == ["Answer the question. Question: What animal is this? Answer:"]

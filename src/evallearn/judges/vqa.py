@@ -7,8 +7,9 @@ similar to the answer's. An answer that equals a choice (case-insensitive) is th
 is what the embedding match returns too, so the matcher is only loaded when needed.
 
 Supported model classes (by ``config.architectures``): BLIP VQA (``BlipForQuestionAnswering``,
-e.g. ``Salesforce/blip-vqa-capfilt-large``, one of the VQA models TIFA evaluates), BLIP-2
-(``Blip2ForConditionalGeneration``, prompted ``Question: ... Answer:``) and ViLT
+e.g. ``Salesforce/blip-vqa-capfilt-large``, one of the VQA models TIFA evaluates; the question
+as is), BLIP-2 (``Blip2ForConditionalGeneration``, with TIFA's BLIP-2 prompts, :func:`blip2_prompt`:
+the multiple-choice one, listing the choices, whenever there are choices) and ViLT
 (``ViltForQuestionAnswering``, answer = arg-max over its answer vocabulary). TIFA's default,
 mPLUG-large, has no transformers port.
 """
@@ -52,6 +53,13 @@ def _load_matcher(ref: str, device: str):
     return AutoModel.from_pretrained(str(folder)).to(device).eval(), AutoTokenizer.from_pretrained(str(folder))
 
 
+def blip2_prompt(question: str, choices: list[str] | None = None) -> str:
+    """TIFA's BLIP-2 prompts (``tifa/vqa_models.py``): multiple-choice when there are choices."""
+    if choices:
+        return f"Answer the multiple-choice question. Question: {question} Choices: {', '.join(choices)} Answer:"
+    return f"Answer the question. Question: {question} Answer:"
+
+
 def normalise(text: str) -> str:
     return " ".join(str(text).lower().strip().rstrip(".").split())
 
@@ -72,7 +80,8 @@ class VQAJudge(Judge):
         p = params or cls.Params()
         return [p.model, p.matcher]
 
-    def answer(self, images: np.ndarray, questions: list[str]) -> list[str]:
+    def answer(self, images: np.ndarray, questions: list[str], choices: list[list[str]] | None = None) -> list[str]:
+        """Free-form answers; ``choices`` (per question) only reach BLIP-2, in TIFA's prompt."""
         import torch
 
         arch, model, processor = _load_vqa(self.params.model, self.device)
@@ -82,7 +91,8 @@ class VQAJudge(Judge):
             for i in range(0, len(images), bs):
                 imgs, qs = list(images[i : i + bs]), list(questions[i : i + bs])
                 if arch == "Blip2ForConditionalGeneration":
-                    qs = [f"Question: {q} Answer:" for q in qs]
+                    cs = choices[i : i + bs] if choices is not None else [None] * len(qs)
+                    qs = [blip2_prompt(q, c) for q, c in zip(qs, cs, strict=True)]
                 inputs = processor(images=imgs, text=qs, return_tensors="pt", padding=True).to(self.device)
                 if arch == "ViltForQuestionAnswering":
                     ids = model(**inputs).logits.argmax(-1).tolist()
@@ -112,7 +122,7 @@ class VQAJudge(Judge):
 
     def choose(self, images: np.ndarray, questions: list[str], choices: list[list[str]]) -> tuple[list[str], list[str]]:
         """(free-form answers, multiple-choice answers), one per image/question."""
-        free = self.answer(images, questions)
+        free = self.answer(images, questions, choices)
         return free, [self.match(a, c) for a, c in zip(free, choices, strict=True)]
 
     def score(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
