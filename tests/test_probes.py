@@ -189,11 +189,17 @@ def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, ti
     assert nb["n"] == 2 and len(nb["details"]["chosen"]) == 2 and set(nb["judges"]) == {"classifier", "selector"}
     assert nb["judges"]["classifier"] != nb["judges"]["selector"]
     assert "verdict" in first["probes"] and first["probes"]["verdict"]["label"]
-    n_images = len(list((Path(first["run"]["dir"]) / "probes" / "images").glob("*.png")))
-    assert n_images == 2 * 2 + 2  # noise sweep + completion (standard images live with the run's)
+    pngs = sorted((Path(first["run"]["dir"]) / "probes" / "images").glob("*.png"))
+    assert len(pngs) == 2 * 2 + 2  # noise sweep + completion (standard images live with the run's)
+    stamps = {p: p.stat().st_mtime_ns for p in pngs}
+    for n, s in nb["details"]["settings"].items():  # selection-free values, as the verdict tests them
+        assert len(s["per_item"]) == 2 and s["value"] == sum(s["per_item"]) / 2, n
+    assert nb["chance"] == 1 / 3 and nb["scoring"]["candidates"] == ["cat", "dog", "car"]
     second = run(cfg)
     assert second["probes"]["results"] == first["probes"]["results"]
-    assert second["timings"]["probes"] < first["timings"]["probes"]
+    # resumed from the cache: no probe image was made again
+    assert {p: p.stat().st_mtime_ns for p in sorted(stamps)} == stamps
+    assert len(list(pngs[0].parent.glob("*.png"))) == len(pngs)
     html = (Path(first["run"]["dir"]) / "report.html").read_text()
     assert "Verdict" in html and "noise_based" in html
 

@@ -2,7 +2,9 @@
 Models From Natural Language Supervision").
 
 ``score`` returns the cosine similarity between each image and its text. Metrics build on
-it: CLIP score (100 * max(cos, 0), Hessel et al., 2021) and zero-shot classification.
+it: CLIP score (100 * max(cos, 0), Hessel et al., 2021), zero-shot classification, and the probes'
+``clip_score`` (100 * cos with ViT-B/32 and "a photo of a <concept>": ``logits_per_image`` of
+OpenAI's CLIP, whose logit scale is 100, as Lu et al., 2025 report it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..components import Params
+from ..errors import UserError
 from ..models.clip import clip_embed_images, clip_embed_texts, load_clip
 from .base import Judge
 
@@ -39,7 +42,13 @@ class ClipJudge(Judge):
         return np.concatenate(out) if out else np.zeros(0)
 
     def classify(self, images: np.ndarray, candidates: list[str]) -> list[str]:
-        """Zero-shot: the candidate whose prompt is closest to the image (Radford et al. §3.1.2)."""
+        """Zero-shot: the candidate whose prompt is closest to the image (Radford et al. §3.1.2).
+
+        A forced choice: every image gets one of ``candidates``, so it needs at least two (with
+        one, every image, noise included, would be "classified" as it)."""
+        if len(set(candidates)) < 2:
+            raise UserError(f"judge 'clip': a zero-shot choice needs at least two different candidates, got "
+                            f"{list(candidates)}; give the concept's alternatives (concept.retain)")
         model, processor = load_clip(self.params.clip_model, self.device)
         txt = clip_embed_texts(model, processor, [self.params.template.format(c) for c in candidates], self.device)
         out = []

@@ -104,6 +104,15 @@ class ImageNetJudge(Judge):
         by_index = dict(zip(idx, candidates, strict=True))
         return [by_index.get(int(k), label_names(labels[int(k)])[0]) for k in p.argmax(1).tolist()]
 
+    def topk_hits(self, images: np.ndarray, index: int, k: int = 1) -> np.ndarray:
+        """True where class ``index`` is among the ``k`` most probable of all classes (the top-1 /
+        top-5 accuracy of Lu et al., 2025, which counts a hit over the full 1,000-way output)."""
+        p = self.probs(images)
+        if not len(p):
+            return np.zeros(0, dtype=bool)
+        top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        return (top == index).any(1)
+
     def detect(self, images: np.ndarray, concept: str) -> np.ndarray:
         """Top-1 over all classes is ``concept``."""
         k = self.class_index(concept)

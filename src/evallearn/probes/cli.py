@@ -8,7 +8,10 @@
 7.5, the paper's concept kind and neighbours; the toy world's sampler on ``--model toy``), writes
 it next to the results and runs it (``--dry-run``: write and validate only). ``PATH`` is an
 already-erased checkpoint, scored with ``technique: free_run`` against ``--base-model``; or
-``--model toy --technique uce`` erases first. The functions are mounted by ``evallearn.cli``.
+``--model toy --technique uce`` erases first. ``--judge`` picks the scoring rule (the default
+forced choice, or the paper's ImageNet top-1/top-5 and CLIP score); a concept outside the paper's
+13 needs ``--retain`` (the alternatives a forced choice needs) or a rule that can say "not the
+concept". The functions are mounted by ``evallearn.cli``.
 """
 
 from __future__ import annotations
@@ -25,30 +28,54 @@ from .prompts import wace_concept, wace_retain
 SD14 = "CompVis/stable-diffusion-v1-4"
 
 
+#: ``--judge``: how probe images are scored -> probe params
+JUDGES = {
+    "auto": {},  # forced choice among the concept and its alternatives (CLIP ViT-L/14; toy classifier on toy)
+    "clip": {"judge": "clip", "scoring": "choice"},
+    "imagenet": {"judge": "imagenet", "scoring": "imagenet"},  # the paper's ResNet-50 top-1 over 1,000
+    "imagenet_top5": {"judge": "imagenet", "scoring": "imagenet_top5"},
+    "clip_score": {"scoring": "clip_score"},  # the paper's CLIP ViT-B/32 score
+}
+
+
 def build_probe_config(concept: str, model: str, probes: list[str], technique: str = "free_run",
                        base_model: str | None = None, num_prompts: int | None = None, device: str = "cpu",
-                       dtype: str = "float32", output_dir: str = "runs", seed: int = 0) -> dict:
+                       dtype: str = "float32", output_dir: str = "runs", seed: int = 0,
+                       retain: list[str] | None = None, judge: str = "auto") -> dict:
     """The run config ``eval-learn probe`` runs, as a plain mapping."""
     from .. import registry
 
     for name in probes:
         registry.probes.get(name)  # unknown names: one-line error listing the known ones
+    if num_prompts is not None and num_prompts < 1:
+        raise UserError(f"--num-prompts: must be at least 1 (got {num_prompts})")
+    if judge not in JUDGES:
+        raise UserError(f"--judge: unknown '{judge}'; choose one of {', '.join(JUDGES)}")
+    retain = [w for item in (retain or []) for w in (x.strip() for x in item.split(",")) if w]
     toy = model == "toy"
     wc = wace_concept(concept)
     if toy:
         from ..toyworld import toy_concept
 
         tc = toy_concept(concept)
-        concept_cfg = {"name": concept, "kind": tc.kind, "retain": list(tc.retain_concepts)}
+        concept_cfg = {"name": concept, "kind": tc.kind, "retain": retain or list(tc.retain_concepts)}
         sampler = {"scheduler": "ddim", "steps": 20, "guidance_scale": 6.0, "batch_size": 32}
     else:
         name = wc.word if wc else concept
         kind = wc.kind if wc else "object"
-        concept_cfg = {"name": name, "kind": kind, "retain": wace_retain(concept)}
+        concept_cfg = {"name": name, "kind": kind, "retain": retain or wace_retain(concept)}
         sampler = {"scheduler": "default", "steps": 50, "guidance_scale": 7.5, "batch_size": 8}
+        others = {w.strip().lower() for w in concept_cfg["retain"]} - {name.lower(), concept.lower()}
+        if JUDGES[judge].get("scoring", "choice") == "choice" and not others:
+            raise UserError(
+                f"--concept {concept}: not one of the paper's 13 concepts and no --retain, so the judge would "
+                f"choose among '{name}' alone and count every image (noise too) as the concept; pass --retain "
+                f"with concepts an image could show instead (e.g. --retain dog,cat,car), or --judge imagenet "
+                f"(an ImageNet class) or --judge clip_score")
     if technique == "free_run" and base_model is None and not toy:
         base_model = SD14
-    params = {"num_prompts": num_prompts} if num_prompts else {}
+    params = {"num_prompts": num_prompts} if num_prompts is not None else {}
+    params.update(JUDGES[judge])
     cfg = {
         "name": f"probe-{concept.replace(' ', '_')}",
         "model": model,
@@ -76,6 +103,13 @@ def probe(
     technique: Annotated[str, typer.Option(help="technique to apply first (free_run = model is erased)")] = "free_run",
     base_model: Annotated[str | None, typer.Option(help="the original model (default SD-1.4)")] = None,
     num_prompts: Annotated[int | None, typer.Option(help="prompts per probe (default: the paper's 30)")] = None,
+    retain: Annotated[list[str] | None, typer.Option(
+        "--retain", help="concepts the judge may answer instead (repeat or comma-separate); default: the "
+                         "paper's other concepts of the same kind; required for other concepts")] = None,
+    judge: Annotated[str, typer.Option(
+        "--judge", help="how images are scored: auto (forced choice, CLIP ViT-L/14), clip, imagenet "
+                        "(the paper's ResNet-50 top-1 of 1,000), imagenet_top5, clip_score (the paper's "
+                        "CLIP ViT-B/32 score)")] = "auto",
     device: str = "cpu",
     dtype: str = "float32",
     output_dir: str = "runs",
@@ -91,7 +125,7 @@ def probe(
     # ``--probes a b c``: click options take one value, so the words after it arrive as extra args
     names = [n for item in [*probes, *ctx.args] for n in item.replace(",", " ").split()]
     data = build_probe_config(concept, model, names, technique, base_model, num_prompts, device, dtype, output_dir,
-                              seed)
+                              seed, retain, judge)
     cfg = parse_config(data, "probe")
     plan = prepare(cfg)
     path = Path(output_dir) / f"{data['name']}.yaml"
@@ -107,7 +141,7 @@ def probe(
     results = run(cfg, console=Console(stderr=True))
     out.print(results_table(results))
     v = results["probes"]["verdict"]
-    out.print(f"verdict: {v['label']} — {v['summary']}")
+    out.print(f"verdict: {v['label']} — {v['summary']}", markup=False)
 
 
 def train_latent_classifier_command(

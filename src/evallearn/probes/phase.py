@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry
-from ..config import short_hash
+from ..config import safe_join, short_hash
 from ..store import ImageStore, atomic_write_json
 from .base import ProbeEnv
 from .verdict import verdict
@@ -27,6 +27,13 @@ def probe_refs(config) -> list[tuple[str, str, dict]]:
     if not any(name == BASELINE for _, name, _ in refs):
         refs.insert(0, (BASELINE, BASELINE, {}))
     return refs
+
+
+def check_probes(config, ctx) -> None:
+    """Refuse, before any weight loads, probes whose scoring could not say "not the concept"."""
+    for i, ref in enumerate(config.probes):
+        cls = registry.probes.get(ref.name)
+        cls(cls.parse_params(dict(ref.params), f"probes[{i}].params"), ctx).check()
 
 
 def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStore, base_images: ImageStore,
@@ -47,11 +54,12 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
             baseline_key = key
         spec = {"name": name, "params": probe.params.model_dump(mode="json"),
                 "judges": {r: j.key for r, j in probe.judge_refs().items()}}
-        path = root / f"{key}-{short_hash(spec)}.json"
+        path = safe_join(root, f"{key}-{short_hash(spec)}.json")
         if path.exists():
             out[key] = json.loads(path.read_text())
         else:
             env.judges = judges.for_metric(probe)
+            probe.check(env.judges)
             try:
                 res = probe.run(env).to_dict()
             finally:

@@ -124,8 +124,14 @@ def probe_items(ctx, n: int, prompts_file: str | None = None, concept: str | Non
 
 
 def candidates(ctx) -> list[str]:
-    """Classes the scoring classifier chooses among: the concept and its retain concepts."""
+    """Classes the scoring classifier chooses among: the concept and its retain concepts (or the
+    paper's other concepts of its kind), without repeats; one alone is no choice (refused)."""
     from ..metrics._prompts import retain_concepts
 
     retain = retain_concepts(ctx) or wace_retain(ctx.concept.name)
-    return [concept_word(ctx), *[concept_word(ctx, r) if wace_concept(r) else r for r in retain]]
+    out = [concept_word(ctx)]
+    for r in retain:  # the concept itself or a repeat is no alternative
+        word = concept_word(ctx, r) if wace_concept(r) else r
+        if word.strip().lower() not in {o.strip().lower() for o in out}:
+            out.append(word)
+    return out
