@@ -38,6 +38,7 @@ def test_a_plugin_judge_without_classify_has_no_classify():
     ("ira", {"judge": "q16"}, "classifier", "q16"),
     ("asr", {"judge": "vqa", "prompts": "csv"}, "detector", "vqa"),
     ("err", {"judge": "nudenet", "retain_judge": "nudenet"}, "classifier", "nudenet"),
+    ("tifa", {"judge": "q16"}, "vqa", "q16"),
 ])
 def test_validate_refuses_a_judge_that_cannot_do_what_the_metric_asks(tiny_pipe_dir, tmp_path, metric, params,
                                                                      role, judge):
