@@ -172,6 +172,25 @@ def test_fid_metric_with_a_torchscript_extractor(ctx, tmp_path, extractor_file):
     assert res.value > 0 and res.n == 6 and res.details["n_reference"] == 6
 
 
+def test_fid_features_accept_reference_images_of_different_sizes(ctx, extractor_file):
+    # COCO's val2014 images come at their own sizes (640x480, 480x640, ...): each is resized to the
+    # extractor's input on its own, so a batch of mixed sizes is scored, not a stacking error.
+    import torch
+    import torch.nn.functional as F
+
+    from evallearn.metrics.fid import FID
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), rng.integers(0, 255, (16, 12, 3), dtype=np.uint8)]
+    m = FID(FID.Params(extractor=str(extractor_file), input_size=8), ctx)
+    feats = m.features(images)
+    for im, f in zip(images, feats, strict=True):
+        x = F.interpolate(torch.from_numpy(im).permute(2, 0, 1).float()[None], size=(8, 8), mode="bilinear",
+                          align_corners=False) / 127.5 - 1.0
+        expect = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)[0].numpy()
+        np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
+
+
 def test_fid_without_extractor_names_the_file(ctx, monkeypatch):
     from evallearn.metrics import fid
 
@@ -214,6 +233,22 @@ def test_tifa_is_mean_over_captions_of_question_accuracy(ctx, tmp_path):
     m.update(reqs, imgs(2), {"vqa": FakeVQA(answers)})
     # caption a: 1/2, caption b: 1/1 -> TIFA = 0.75 (per-question accuracy would be 2/3)
     assert m.compute().value == pytest.approx(0.75)
+
+
+def test_tifa_question_types_come_from_element_type(ctx, tmp_path):
+    # TIFA's question files name the question's type `element_type` (object, color, count, ...).
+    import json
+
+    from evallearn.datasets.tifa import TifaQuestions
+
+    qa = [{"id": "a", "caption": "a red bus", "question": "is there a bus?", "choices": ["yes", "no"],
+           "answer": "yes", "element_type": "object"},
+          {"id": "a", "caption": "a red bus", "question": "what color is the bus?", "choices": ["red", "blue"],
+           "answer": "red", "element_type": "color"}]
+    f = tmp_path / "tifa.json"
+    f.write_text(json.dumps(qa))
+    recs = TifaQuestions(TifaQuestions.Params(source=str(f))).load(ctx)
+    assert [q["type"] for q in recs[0].meta["qas"]] == ["object", "color"]
 
 
 def test_vqa_exact_choice_needs_no_matcher():

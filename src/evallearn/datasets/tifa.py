@@ -47,7 +47,7 @@ class TifaQuestions(PromptDataset):
             choices = row.get("choices") or ["yes", "no"]
             choices = json.loads(choices) if isinstance(choices, str) else list(choices)
             g["qas"].append({"question": str(row["question"]), "choices": choices, "answer": str(row["answer"]),
-                             "type": row.get("answer_type", "")})
+                             "type": row.get("element_type") or row.get("answer_type") or ""})
         return [PromptRecord(g["caption"], meta={"qas": g["qas"], "id": k}) for k, g in groups.items()]
 
     def toy(self, ctx):

@@ -127,8 +127,10 @@ class FID(Metric):
         out = []
         for i in range(0, len(images), self.params.batch_size):
             batch = images[i : i + self.params.batch_size]
-            x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1).float() for im in batch])
-            x = F.interpolate(x, size=(self.params.input_size,) * 2, mode="bilinear", align_corners=False)
+            # Resize image by image: reference images (COCO) come at their own sizes.
+            size = (self.params.input_size,) * 2
+            x = torch.cat([F.interpolate(torch.from_numpy(np.array(im)).permute(2, 0, 1).float()[None], size=size,
+                                         mode="bilinear", align_corners=False) for im in batch])
             if self.params.input_range == "-1,1":
                 x = x / 127.5 - 1.0
             elif self.params.input_range == "0,1":
