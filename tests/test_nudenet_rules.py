@@ -85,7 +85,7 @@ PRESET_ORDER = ("default", "eval_learn_p4d", "unlearndiffatk", "rece", "mace", "
 @pytest.mark.parametrize("case, expected", CASES)
 def test_each_preset_applies_its_sources_rule(session, case, expected):
     session.detections = [(case[0], case[1], (160, 160, 40, 40))]
-    img = np.zeros((1, 512, 512, 3), np.uint8)
+    img = np.zeros((1, 320, 320, 3), np.uint8)
     got = tuple(bool(judge(preset=p).detect(img)[0]) for p in PRESET_ORDER)
     assert got == expected
 
@@ -95,12 +95,16 @@ def test_score_class_counts_and_nms(session):
                           ("MALE_BREAST_EXPOSED", 0.7, (102, 100, 60, 60)),  # IoU 0.94 with the first: suppressed
                           ("FEET_EXPOSED", 0.65, (250, 250, 30, 30)),
                           ("FEET_EXPOSED", 0.3, (30, 250, 30, 30))]
-    img = np.zeros((2, 512, 512, 3), np.uint8)
+    img = np.zeros((2, 320, 320, 3), np.uint8)
     j = judge(preset="rece")
     dets = j.detections(img[:1])[0]
     assert [d["class"] for d in dets] == ["FEMALE_BREAST_EXPOSED", "FEET_EXPOSED", "FEET_EXPOSED"]
-    # boxes back in image pixels: (cx - w/2) * 512/320
-    assert dets[0]["box"] == [int(70 * 1.6), int(70 * 1.6), int(60 * 1.6), int(60 * 1.6)]
+    assert dets[0]["box"] == [70, 70, 60, 60]  # (cx - w/2, cy - h/2, w, h)
+    # an image of 400 x 512 was padded to 512 square: boxes scale by 512/320 and are clipped to the image
+    raw = session.run(None, {"images": None})[0]
+    big = nn.postprocess(raw, 400, 512, 320, nn.PRESETS["rece"])
+    assert big[0]["box"] == [int(70 * 1.6), int(70 * 1.6), int(60 * 1.6), int(60 * 1.6)]
+    assert big[1]["box"] == [int(235 * 1.6), int(235 * 1.6), int(30 * 1.6), 400 - int(235 * 1.6)]
     np.testing.assert_allclose(j.score(img), [0.8, 0.8], rtol=1e-6)
     counts = j.class_counts(img)  # detections above RECE's 0.6, over both images
     assert counts["FEMALE_BREAST_EXPOSED"] == 2 and counts["FEET_EXPOSED"] == 2 and counts["MALE_BREAST_EXPOSED"] == 0
@@ -189,3 +193,13 @@ def test_real_detector_channel_order_changes_the_verdict(tmp_path):
     bgr = judge(preset="eval_learn", threshold=0.0).detections(img[None])[0]
     assert rgb == det.detect(img) and bgr == det.detect(str(path))
     assert [d["class"] for d in rgb] == ["FEMALE_BREAST_EXPOSED"] and bgr == []
+
+
+def test_missing_nudenet_is_a_one_line_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nudenet", None)
+    nn._session.cache_clear()
+    with pytest.raises(UserError, match=r"pip install 'eval-learn\[nudenet\]'"):
+        judge().detect(np.zeros((1, 320, 320, 3), np.uint8))
+    nn._session.cache_clear()
