@@ -186,3 +186,83 @@ def test_every_probe_number_is_shown_with_its_chance_floor():
     assert "no chance floor" in names[2]
     page = probe_html(results)
     assert page.count("chance 0.1") == 2 and "Holm" in page
+
+
+def _torchvision_resnet_state(seed=0):
+    """A tiny ResNet in torchvision's layout (bottleneck v1.5): stem 8, layer1 1 block -> 16, layer2 2 blocks -> 32."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def conv(o, i, k):
+        return torch.randn(o, i, k, k, generator=g) * (2 / (i * k * k)) ** 0.5
+
+    def bn(prefix, c, sd):
+        sd[prefix + ".weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        sd[prefix + ".bias"] = 0.1 * torch.randn(c, generator=g)
+        sd[prefix + ".running_mean"] = 0.1 * torch.randn(c, generator=g)
+        sd[prefix + ".running_var"] = 1 + 0.2 * torch.rand(c, generator=g)
+        sd[prefix + ".num_batches_tracked"] = torch.tensor(7)
+
+    sd = {"conv1.weight": conv(8, 3, 7)}
+    bn("bn1", 8, sd)
+    cin = 8
+    for L, (blocks, out) in enumerate([(1, 16), (2, 32)], start=1):
+        for b in range(blocks):
+            p, w = f"layer{L}.{b}.", out // 4
+            sd[p + "conv1.weight"], sd[p + "conv2.weight"], sd[p + "conv3.weight"] = \
+                conv(w, cin, 1), conv(w, w, 3), conv(out, w, 1)
+            for j, c in ((1, w), (2, w), (3, out)):
+                bn(f"{p}bn{j}", c, sd)
+            if b == 0:
+                sd[p + "downsample.0.weight"] = conv(out, cin, 1)
+                bn(p + "downsample.1", out, sd)
+            cin = out
+    sd["fc.weight"], sd["fc.bias"] = 0.1 * torch.randn(1000, 32, generator=g), 0.1 * torch.randn(1000, generator=g)
+    return sd
+
+
+def _torchvision_forward(sd, x):
+    """torchvision's ResNet forward (v1.5: the stride in the 3x3 convolution), written out."""
+    import torch.nn.functional as F
+
+    def bn(t, p):
+        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
+                            False, 0.0, 1e-5)
+
+    x = F.max_pool2d(F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for L, (blocks, stride) in enumerate([(1, 1), (2, 2)], start=1):
+        for b in range(blocks):
+            p, s = f"layer{L}.{b}.", stride if b == 0 else 1
+            out = F.relu(bn(F.conv2d(x, sd[p + "conv1.weight"]), p + "bn1"))
+            out = F.relu(bn(F.conv2d(out, sd[p + "conv2.weight"], stride=s, padding=1), p + "bn2"))
+            out = bn(F.conv2d(out, sd[p + "conv3.weight"]), p + "bn3")
+            short = bn(F.conv2d(x, sd[p + "downsample.0.weight"], stride=s), p + "downsample.1") \
+                if p + "downsample.0.weight" in sd else x
+            x = F.relu(out + short)
+    return x.mean((2, 3)) @ sd["fc.weight"].T + sd["fc.bias"]
+
+
+def test_torchvision_resnet_weights_load_as_the_papers_classifier(tmp_path):
+    import torch
+    from PIL import Image
+
+    from evallearn.judges.imagenet import MEAN, STD, ImageNetJudge, preprocess
+
+    sd = _torchvision_resnet_state()
+    path = tmp_path / "resnet50-v2.pth"
+    torch.save(sd, path)
+    judge = ImageNetJudge(ImageNetJudge.Params(model=str(path), resize=232, resample="bilinear"))
+    images = np.random.default_rng(3).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    # torchvision IMAGENET1K_V2 preprocessing: short side 232 bilinear, centre crop 224
+    by_hand = np.stack([(np.asarray(Image.fromarray(im).resize((232, 232), Image.BILINEAR).crop((4, 4, 228, 228)),
+                                    dtype=np.float32) / 255 - MEAN) / STD for im in images]).transpose(0, 3, 1, 2)
+    x = preprocess(images, resize=232, resample="bilinear")
+    assert np.allclose(x, by_hand, atol=1e-6)
+    expect = torch.softmax(_torchvision_forward(sd, torch.from_numpy(by_hand)), -1).numpy()
+    assert np.allclose(judge.probs(images), expect, atol=1e-5)
+    assert (judge.topk_hits(images, int(expect[0].argmax()), 1) == (expect.argmax(1) == expect[0].argmax())).all()
+    with pytest.raises(UserError, match="no class names"):
+        judge.class_index("airliner")
+    with pytest.raises(UserError, match="does not exist"):
+        ImageNetJudge(ImageNetJudge.Params(model=str(tmp_path / "missing.pth"))).probs(images)
