@@ -28,6 +28,7 @@ from .context import RunContext
 from .errors import UserError
 from .generation import Generator, GenRequest, dedupe
 from .judges.base import Judge
+from .metrics._judging import capability_problem
 from .metrics.base import Metric, MetricResult
 from .models.loading import ModelInfo, load_pipeline, resolve_model
 from .store import ImageStore, RunStore, atomic_write_json
@@ -111,6 +112,9 @@ def prepare(config: RunConfig) -> Plan:
             why = jcls.supports.why_not(kind, model.tags)
             if why:
                 raise UserError(f"incompatible run: metric '{key}' uses judge '{jref.name}': {why}")
+            why = capability_problem(key, getattr(m, "judge_needs", {}), role, jref.name, jcls)
+            if why:
+                raise UserError(why)
     requests: list[GenRequest] = []
     per_metric = {}
     for key, m in metrics.items():
