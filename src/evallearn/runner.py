@@ -104,6 +104,10 @@ def prepare(config: RunConfig) -> Plan:
     tech_key = short_hash({**tech_spec, "fingerprint": model.fingerprint})
     ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques" / f"{tech_cls.name}-{tech_key}")
     metrics = {ref.key: cls(p, ctx) for ref, (cls, p) in zip(metric_refs, metric_params, strict=True)}
+    if config.probes:  # a probe whose judge could not say "not the concept" is refused here
+        from .probes.phase import check_probes
+
+        check_probes(config, ctx)
     # Judges are components too: check their params now, not after generation.
     for key, m in metrics.items():
         for role, jref in m.judge_refs().items():
