@@ -12,6 +12,11 @@ Two questions, same sampler as the standard prompt:
 * **interference** — how the neighbours fare: each retain concept's own prompts on the erased
   and the base model, classified. The value is the erased model's accuracy on the neighbours
   (higher = less interference), with the base model's beside it.
+
+The neighbours are ``concept.retain``, or else the paper's other concepts of the *same kind*.
+The authors generate all 12 other concepts, objects and artists alike; here a neighbour is
+scored by the same forced choice as the concept (its words and kind-specific template), which
+cannot grade an artist's painting among object words, so cross-kind interference is not measured.
 """
 
 from __future__ import annotations
