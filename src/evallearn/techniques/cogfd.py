@@ -9,8 +9,9 @@ equivalent to the combination (erased, label p1) and the sub-concepts it decompo
 ``sub_concepts``); no LLM is called. Training, as in the authors' script: the base model makes
 images of the combination ("an image of  <combination>", 5 seeds, guidance 9, 100 steps); every
 prompt is paired with one of them; noised to a timestep in ``[t_start, t_end)`` (990–1000),
-the fine-tuned UNet and a frozen copy predict the noise with the prompt (text encoder and
-cross-attention masked to the prompt's tokens), and
+the fine-tuned UNet and a frozen copy predict the noise with the prompt (the text encoder masked to
+the prompt's tokens; in cross-attention the prompt's 0/1 mask is *added* to the logits, as the
+script's attention processor does: real tokens +1, padding +0, nothing cut out), and
 
     L = 0.1 · exp(−MSE_erase(ε_θ, ε*)) + exp(MSE_keep(ε_θ, ε*))
 
@@ -33,6 +34,7 @@ from ..context import RunContext
 from ..errors import UserError
 from ..progress import progress_bar
 from . import _training as T
+from ._attention import CrossAttnProcessor, set_cross_processors
 from .base import Technique
 
 
@@ -90,6 +92,11 @@ class CoGFD(Technique):
         ids, mask = tok.input_ids.to(unet.device), tok.attention_mask.to(unet.device)
         with torch.no_grad():
             cond = pipe.text_encoder(ids, attention_mask=mask)[0]
+        # The script's cross-attention processor adds the 0/1 mask to the attention logits (real
+        # tokens +1, padding +0): a soft bias, not a hard mask. One processor object on every attn2
+        # of both UNets carries the batch's bias.
+        bias_proc = CrossAttnProcessor()
+        restore = [(m, set_cross_processors(m, lambda _name: bias_proc)) for m in (unet, teacher)]
         batch = min(len(prompts), p.max_batch_size)
         order: list[int] = []
         unet.train()
@@ -102,11 +109,11 @@ class CoGFD(Technique):
                 idx, order = order[:batch], order[batch:]
                 x0 = latents[[i % latents.shape[0] for i in idx]].to(unet.device)
                 xt, _noise, t = T.add_noise(pipe, x0, gen, (p.t_start, p.t_end))
-                c, m = cond[idx], mask[idx].bool()
+                c, bias_proc.token_bias = cond[idx], mask[idx].float()
                 with amp.autocast():
-                    pred = unet(xt, t, encoder_hidden_states=c, encoder_attention_mask=m).sample.float()
+                    pred = unet(xt, t, encoder_hidden_states=c).sample.float()
                 with torch.no_grad(), amp.autocast():
-                    ref = teacher(xt, t, encoder_hidden_states=c, encoder_attention_mask=m).sample.float()
+                    ref = teacher(xt, t, encoder_hidden_states=c).sample.float()
                 sel = torch.tensor([labels[i] for i in idx], device=unet.device)
                 loss = pred.sum() * 0
                 if sel.any():
@@ -117,6 +124,8 @@ class CoGFD(Technique):
                 amp.backward(loss)
                 amp.step(opt, params, p.max_grad_norm)
                 advance(1, loss=f"{loss.item():.4f}")
+        for model, before in restore:
+            model.set_attn_processor(before)
         unet.eval()
         unet.requires_grad_(False)
         return pipe

@@ -6,7 +6,9 @@ kevinlu4588/WhenAreConceptsErased, ``gradient_ascent/train_ga_model.sh`` with di
 The base model generates ``num_images`` images of the concept from "a picture of a <object>"
 ("a painting in the style of <style>" for styles); the whole UNet is then trained to *increase*
 the standard diffusion loss on them: AdamW, constant lr 1e-5, batch 5, gradient accumulation 4,
-gradient clipping at 1, random horizontal flips, EMA weights as the result. The authors' run
+gradient clipping at 1, random horizontal flips, the raw weights as the result (their command
+passes ``--use_ema``, but their modified script never steps the EMA copy and saves the raw UNet;
+``use_ema: true`` keeps an EMA copy instead). The authors' run
 stops after 80 micro-batches (their ``--step_finisher`` counts micro-batches), i.e. 20 optimiser
 updates, which is the default ``updates``. fp16 and gradient checkpointing (their settings on
 GPU) are the ``mixed_precision`` / ``gradient_checkpointing`` options.
@@ -57,12 +59,17 @@ def finetune(pipe, ctx: RunContext, p: FinetuneDataParams, sign: float, label: s
     return pipe
 
 
+class GradientAscentParams(FinetuneDataParams):
+    #: the result is the raw weights, as the authors' script saves them (True: an EMA copy)
+    use_ema: bool = False
+
+
 class GradientAscent(Technique):
     description = "Gradient ascent on the diffusion loss of the concept's own images (full UNet)."
     paper = "Lu et al., NeurIPS 2025 (When Are Concepts Erased From Diffusion Models?)"
     edits = ("unet",)
     supports = Supports(model_tags=kinds("sd1", "sd2"))
-    Params = FinetuneDataParams
+    Params = GradientAscentParams
 
     def apply(self, pipe, ctx: RunContext):
         return finetune(pipe, ctx, self.params, sign=-1.0, label="gradient ascent")

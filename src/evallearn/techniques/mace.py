@@ -52,6 +52,8 @@ from pydantic import Field, model_validator
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
+from ._attention import CrossAttnProcessor as _CrossAttnProcessor
+from ._attention import set_cross_processors as _set_cross_processors
 from ._closed_form import Normal, cross_attention_projections, embed, set_weight, solve, tokenize
 from .base import Technique
 from .ssd import training_scheduler
@@ -269,51 +271,6 @@ class _Lora(torch.nn.Module):
 
     def delta(self) -> torch.Tensor:
         return (self.up @ self.down).detach().double()
-
-
-class _CrossAttnProcessor:
-    """Cross-attention with optional LoRA on K/V and a recorder of the attention probabilities."""
-
-    def __init__(self, lora_k=None, lora_v=None, recorder=None) -> None:
-        self.lora_k, self.lora_v, self.recorder = lora_k, lora_v, recorder
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        residual = hidden_states
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, ch, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, ch, h * w).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if attn.norm_cross and encoder_hidden_states is not None:
-            ctx = attn.norm_encoder_hidden_states(ctx)
-        attention_mask = attn.prepare_attention_mask(attention_mask, ctx.shape[1], batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        key, value = attn.to_k(ctx), attn.to_v(ctx)
-        if self.lora_k is not None:
-            key = key + self.lora_k(ctx)
-        if self.lora_v is not None:
-            value = value + self.lora_v(ctx)
-        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
-        probs = attn.get_attention_scores(query, key, attention_mask)  # [batch*heads, pixels, tokens]
-        if self.recorder is not None:
-            self.recorder(probs, batch)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, ch, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-
-def _set_cross_processors(unet, make) -> dict:
-    """Install ``make(name)`` on every attn2 (others unchanged); returns the previous processors."""
-    before = dict(unet.attn_processors)
-    unet.set_attn_processor({name: (make(name) if ".attn2." in name else proc) for name, proc in before.items()})
-    return before
 
 
 def concept_positions(pipe, prompt: str, concept: str, use_pooler: bool) -> torch.Tensor:
