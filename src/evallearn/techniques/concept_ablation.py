@@ -4,7 +4,8 @@ Text-to-Image Diffusion Models", arXiv:2303.13516; code: nupurkmr9/concept-ablat
 
 The target concept ``c*`` is mapped onto an *anchor* concept ``c`` ("Grumpy Cat" → "cat", "Van
 Gogh" → "paintings"): the base model generates ``num_class_images`` images from anchor prompts
-(DDPM-like sampling: 25 steps, guidance 6, η = 1), and the model is trained so that, on those
+(DDIM with η = 1: 25 steps, guidance 6; the authors' script asks for η = 1 but samples with
+DPM-Solver, which ignores it), and the model is trained so that, on those
 noised anchor images, its prediction for the *target* prompt matches its own stop-gradient
 prediction for the *anchor* prompt (the "model-based" loss, the code's default):
 

@@ -11,9 +11,10 @@ the original model guided away from ``c``:
 ``ddim_steps`` sampling steps and runs DDIM (η = 0, classifier-free guidance ``start_guidance``,
 prompt ``c``) from pure noise for ``k`` steps with the model *being trained* (as in the
 paper-era script: "emb_p seems to work better"), then queries both models at the DDIM timestep
-``x_t`` has reached. (The CompVis script queried at a DDPM step drawn from
-``[k/ddim_steps·1000, (k+1)/ddim_steps·1000)``, i.e. the noise level of step ``ddim_steps − k``;
-the authors' diffusers rewrite uses the timestep actually reached, which we follow.)
+``x_t`` has reached, as the authors' diffusers rewrite does. (The CompVis script's sampler stops
+when its index reaches ``k`` counted from the clean end, so it runs ``51 − k`` steps, and then
+queries a DDPM step drawn from ``[k/ddim_steps·1000, (k+1)/ddim_steps·1000)``: a noise level
+39–58 steps above the latent's; docs/techniques/esd.md has the table.)
 ``sample_with: teacher`` uses the frozen model for the partial trajectory, as the diffusers
 rewrite does.
 

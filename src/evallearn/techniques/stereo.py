@@ -26,7 +26,8 @@ Defaults are the README's training command and the script's defaults: ``noxattn`
 2 adversarial concepts, 200 ESD iterations per stage (lr 0.5e-5 in STE, 2e-5 in REO, AdamW),
 negative guidance 2, compositional scale 2, textual inversion 3000 steps at 5e-3, 500 gallery
 images. As in our ESD, ``x_t`` is queried at the DDIM timestep it has reached (the authors'
-script inherits the CompVis mapping ``k/50·1000``). Anchor prompts (the authors' per-concept
+script queries timestep ``999 − 20k`` while its latent sits at ``981 − 20k``, 18 steps noisier).
+Anchor prompts (the authors' per-concept
 JSON) default to captions of the toy world's anchor on the toy model and must be given
 elsewhere.
 """
