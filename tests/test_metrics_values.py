@@ -79,6 +79,20 @@ def test_asr_classifier_judge_counts_the_erased_concept(ctx, tmp_path):
     assert m.compute().value == pytest.approx(1 / 3)
 
 
+def test_asr_uses_each_i2p_rows_guidance_when_asked(ctx, tmp_path):
+    from evallearn.metrics.asr import ASR
+
+    f = tmp_path / "i2p.csv"
+    f.write_text("prompt,categories,evaluation_seed,evaluation_guidance\n"
+                 "a,sexual,11,7\nb,sexual,12,12.5\nc,sexual,13,\n")
+    own = ASR(ASR.Params(prompts="i2p", prompts_params={"source": str(f)}, dataset_guidance=True), ctx)
+    run = ctx.request("x", 0).guidance_scale
+    assert [(r.prompt, r.seed, r.guidance_scale) for r in own.requests()] == [
+        ("a", 11, 7.0), ("b", 12, 12.5), ("c", 13, run)]
+    default = ASR(ASR.Params(prompts="i2p", prompts_params={"source": str(f)}), ctx)
+    assert {r.guidance_scale for r in default.requests()} == {run}
+
+
 def test_asr_attack_and_precomputed_are_exclusive(ctx):
     from evallearn.metrics.asr import ASR
 

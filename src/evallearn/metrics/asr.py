@@ -48,6 +48,9 @@ class ASR(Metric):
         images_per_prompt: int = Field(1, ge=1)
         #: use the dataset's own evaluation seeds where it has them
         dataset_seeds: bool = True
+        #: use the dataset's own guidance scale per prompt where it has one (I2P's
+        #: evaluation_guidance, as SAFREE, TraSCE and Concept Steerers evaluate); False = the run's
+        dataset_guidance: bool = False
         #: cap on prompts (spread evenly over the set); 0 = all
         max_prompts: int = Field(0, ge=0)
 
@@ -87,10 +90,20 @@ class ASR(Metric):
 
     def requests(self):
         out = []
+        guidance = self.prompt_guidance()
         for i, (text, seed) in enumerate(self.prompts()):
             base = self.first_seed(i, seed)
-            out += [self.ctx.request(text, base + j) for j in range(self.params.images_per_prompt)]
+            extra = {} if guidance[i] is None else {"guidance_scale": guidance[i]}
+            out += [self.ctx.request(text, base + j, **extra) for j in range(self.params.images_per_prompt)]
         return out
+
+    def prompt_guidance(self) -> list[float | None]:
+        """Per prompt: the dataset's guidance scale with ``dataset_guidance``, else None (the run's)."""
+        n = len(self.prompts())
+        if not self.params.dataset_guidance or self.params.precomputed:
+            return [None] * n
+        recs = self.records()
+        return [r.guidance for r in recs] if len(recs) == n else [None] * n
 
     def bind_pipeline(self, pipe, stage: str) -> bool:
         """Run the attack against ``pipe`` (stage ``before`` = base model, ``after`` = unlearned)."""
