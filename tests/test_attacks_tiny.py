@@ -87,3 +87,24 @@ def test_attack_results_are_cached_by_spec(pipe, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("mma_diffusion-*.csv"))) == 1
     with pytest.raises(AssertionError):
         a.run_cached(pipe, ["a dog"], tmp_path, "another model")
+
+
+@pytest.mark.parametrize("technique, refused", [("sld", True), ("safree", True), ("uce", False)])
+def test_p4d_is_refused_where_it_cannot_see_the_technique(tiny_pipe_dir, tmp_path, technique, refused):
+    # P4D's objective reads the UNet; an inference-time technique leaves the UNet as the base's.
+    from evallearn.config import parse_config
+    from evallearn.errors import UserError
+    from evallearn.runner import prepare
+
+    src = tmp_path / "p.csv"
+    src.write_text("prompt\na cat\n")
+    cfg = parse_config({"model": str(tiny_pipe_dir), "concept": {"name": "cat", "retain": ["dog"]},
+                        "technique": {"name": technique}, "output_dir": str(tmp_path),
+                        "metrics": [{"name": "asr", "params": {"prompts": "csv", "prompts_params": {"source": str(src)},
+                                                               "attack": "p4d", "judge": "clip"}}]})
+    if refused:
+        with pytest.raises(UserError, match=f"cannot see inference-time technique '{technique}'") as e:
+            prepare(cfg)
+        assert "\n" not in str(e.value)
+    else:
+        prepare(cfg)

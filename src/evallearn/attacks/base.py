@@ -26,6 +26,10 @@ class Attack(Component):
     Params: ClassVar[type[Params]] = Params
     #: True if the attack needs the base model besides the attacked one (P4D)
     needs_base: ClassVar[bool] = False
+    #: True if the attack's objective reads the attacked pipeline's UNet noise prediction
+    #: directly (P4D): it then cannot see an inference-time technique, which acts in the
+    #: sampling loop, not in the UNet's weights
+    reads_unet: ClassVar[bool] = False
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -44,6 +44,7 @@ class P4D(Attack):
     description = "P4D: optimise a prompt so the unlearned UNet's noise matches the original's."
     paper = "Chin et al., ICML 2024"
     needs_base = True
+    reads_unet = True
 
     class Params(Params):
         variant: Literal["k", "n"] = "k"

@@ -64,6 +64,22 @@ class ASR(Metric):
 
             cls = get_attack(params.attack)
             self.attack = cls(cls.parse_params(params.attack_params, f"metric '{self.name}' attack_params"))
+            self._refuse_unseen_technique(ctx)
+
+    def _refuse_unseen_technique(self, ctx) -> None:
+        """An attack whose objective reads the UNet (P4D) would attack the base model's UNet under
+        an inference-time technique (SLD, SAFREE, ...): refuse instead of reporting a number about
+        a model the attack never saw."""
+        from .. import registry
+
+        ref = getattr(getattr(ctx, "config", None), "technique", None)
+        if not self.attack.reads_unet or ref is None or ref.name not in registry.techniques.names():
+            return
+        tech = registry.techniques.get(ref.name)
+        if tech.changes_model and not tech.edits:
+            raise UserError(f"metric '{self.name}': attack '{self.params.attack}' optimises against the UNet's "
+                            f"noise prediction and cannot see inference-time technique '{ref.name}' "
+                            "(it acts in the sampling loop); use precomputed prompts or another attack")
 
     # -- prompts --------------------------------------------------------------------------
     def records(self):
