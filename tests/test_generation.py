@@ -60,3 +60,58 @@ def test_generate_skips_what_is_stored(engine, tmp_path):
     assert engine.generate(reqs, lambda r: store.has(r.key), lambda r, im: store.put(r.key, im), 2) == 3
     assert engine.generate(reqs, lambda r: store.has(r.key), lambda r, im: store.put(r.key, im), 2) == 0
     assert store.get(reqs[0].key).shape == (64, 64, 3)
+
+
+def test_eta_inf_gives_nonfinite_latents_flagged_per_request(engine):
+    fine = [GenRequest("a cat", 1, steps=2, height=64, width=64), GenRequest("a dog", 2, steps=2, height=64, width=64)]
+    images, faults = engine.sample(fine)
+    assert faults == [None, None]
+    broken = [GenRequest(r.prompt, r.seed, steps=2, height=64, width=64, eta=float("inf")) for r in fine]
+    images, faults = engine.sample(broken)
+    for fault in faults:  # DDIM's noise scale is inf: the latents are NaN after the first step
+        assert fault["latents_nonfinite_from_step"] == 1 and fault["steps"] == 2
+        assert fault["nonfinite_pixels"] == fault["pixels"] == 64 * 64 * 3
+    assert images.dtype == np.uint8 and (images == 0).all()  # stored as 0, never as a colour
+
+
+def test_one_nan_image_in_a_batch_is_flagged_alone(engine, tmp_path):
+    from evallearn.store import ImageStore
+
+    decoder = engine.pipe.vae.decoder
+    # the VAE decodes the batch in order: make the second image's pixels NaN, the others untouched
+    hook = decoder.register_forward_hook(lambda mod, args, out: out.index_fill(0, out.new_tensor([1]).long(),
+                                                                              float("nan")))
+    try:
+        reqs = [GenRequest(f"p{i}", i, steps=2, height=64, width=64) for i in range(3)]
+        store = ImageStore(tmp_path)
+        written = engine.generate(reqs, lambda r: store.has(r.key), lambda r, im: store.put(r.key, im), 4,
+                                  put_nonfinite=lambda r, im, f: store.put(r.key, im, nonfinite=f))
+    finally:
+        hook.remove()
+    assert written == 3 and all(store.has(r.key) for r in reqs)  # stored: a rerun does not redo it
+    assert store.flagged(reqs[0].key) is None and store.flagged(reqs[2].key) is None
+    fault = store.flagged(reqs[1].key)
+    assert fault["nonfinite_pixels"] == 64 * 64 * 3 and fault["latents_nonfinite_from_step"] is None
+    # a finite image stored later under the same key clears the flag
+    store.put(reqs[1].key, store.get(reqs[0].key))
+    assert store.flagged(reqs[1].key) is None
+
+
+def test_base_images_are_keyed_by_batch_size_not_by_metric_order(tiny_pipe_dir, tiny_clip_dir, tmp_path):
+    """Batched kernels may round a pixel differently at another batch size: base images made at
+    batch size 1 and 4 must not share a folder (whichever run came first would decide the other's
+    "before" images); two configs that differ only in the order of their metrics do share it."""
+    from evallearn.config import parse_config
+    from evallearn.runner import base_dir, prepare
+
+    clip = {"clip_model": str(tiny_clip_dir), "images_per_prompt": 2}
+    m1 = {"name": "clip_score", "id": "t", "params": {**clip, "prompt_set": "target"}}
+    m2 = {"name": "clip_score", "id": "r", "params": {**clip, "prompt_set": "retain"}}
+
+    def plan(batch, metrics):
+        return prepare(parse_config({"model": str(tiny_pipe_dir), "concept": {"name": "cat", "retain": ["dog"]},
+                                     "metrics": metrics, "sampler": {"batch_size": batch, "steps": 2},
+                                     "output_dir": str(tmp_path)}))
+
+    assert base_dir(plan(1, [m1, m2])) != base_dir(plan(4, [m1, m2]))
+    assert base_dir(plan(4, [m1, m2])) == base_dir(plan(4, [m2, m1]))

@@ -108,3 +108,58 @@ def test_second_concurrent_run_is_refused(tmp_path, tiny_pipe_dir, tiny_clip_dir
     again = RunStore(run_dir)
     again.acquire()
     again.release()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_take_the_umask_mode(tmp_path, umask, mode):
+    import numpy as np
+
+    from evallearn.store import ImageStore, atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "results.json", {"a": 1})
+        store = RunStore(tmp_path / "run")
+        store.write_config("name: x\n")
+        images = ImageStore(tmp_path / "images")
+        images.put("k", np.zeros((4, 4, 3), np.uint8))
+        images.put("bad", np.zeros((4, 4, 3), np.uint8), nonfinite={"nonfinite_pixels": 48})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what any other program writing a file gets
+    finally:
+        os.umask(old)
+    assert (plain.stat().st_mode & 0o777) == mode
+    for path in (tmp_path / "results.json", tmp_path / "run" / "config.yaml", images.path("k"), images.path("bad"),
+                 images.flag_path("bad")):
+        assert (path.stat().st_mode & 0o777) == mode, path
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_timings_keep_the_cost_of_the_attempt_that_did_the_work():
+    from evallearn.runner import compute_timings
+
+    def attempt(**phases):
+        return [{"event": "start"}] + [{"event": "phase", "name": k, "seconds": s, "work": w}
+                                       for k, (s, w) in phases.items()]
+
+    first = attempt(prepare=(1.0, 1), load=(20.0, 0), before=(300.0, 24), technique=(200.0, 1),
+                    generate=(130.0, 24), score=(6.0, 24))
+    finished_again = attempt(prepare=(1.5, 1), load=(4.0, 0), before=(0.1, 0), technique=(0.5, 0),
+                             generate=(0.0, 0), score=(5.0, 0))
+    t = compute_timings(first + finished_again)
+    # a rerun of a finished run computed nothing: every cost is the first run's
+    assert {k: t[k] for k in ("prepare", "load", "before", "technique", "generate", "score")} == {
+        "prepare": 1.0, "load": 20.0, "before": 300.0, "technique": 200.0, "generate": 130.0, "score": 6.0}
+    assert t["total"] == 657.0 and t["attempts"] == 2
+
+    # killed while generating (no generate event), then resumed: both attempts worked
+    killed = attempt(prepare=(1.0, 1), load=(20.0, 0), before=(300.0, 24), technique=(200.0, 1))
+    resumed = attempt(prepare=(1.0, 1), load=(18.0, 0), before=(0.2, 0), technique=(0.4, 0),
+                      generate=(70.0, 13), score=(6.0, 13))
+    t = compute_timings(killed + resumed)
+    assert (t["load"], t["before"], t["technique"], t["generate"], t["score"]) == (38.0, 300.0, 200.0, 70.0, 6.0)
+
+    # everything came from shared caches made by another run: what reading them cost
+    cached = attempt(prepare=(1.0, 1), load=(5.0, 0), before=(0.3, 0), technique=(0.5, 0), generate=(0.0, 0))
+    t = compute_timings(cached + cached)
+    assert (t["load"], t["before"], t["technique"]) == (5.0, 0.3, 0.5)

@@ -234,8 +234,8 @@ def test_toy_show_writes_a_labelled_grid_and_rejects_a_folder_that_is_not_a_pipe
     res = eval_learn("toy", "show", "--out", out, "--per-shape", 2, "--steps", 4, "--scale", 2)
     assert res.returncode == 0, res.stderr
     assert f"/{2 * len(SHAPES)} images" in res.stdout  # "prompted shape drawn in k/8 images"
-    # one row per shape: 64 px tiles plus a 30 px label band, after a 70 px column of row names
-    assert Image.open(out).size == (70 + 2 * 64, len(SHAPES) * (64 + 30))
+    # one row per shape: 64 px tiles plus a 40 px band of three label lines, after a 70 px column of row names
+    assert Image.open(out).size == (70 + 2 * 64, len(SHAPES) * (64 + 40))
 
     res = eval_learn("toy", "show", "--pipeline", tmp_path, "--out", tmp_path / "x.png")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr

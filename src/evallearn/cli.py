@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, registry
 from .errors import UserError
@@ -27,6 +28,9 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 
 
 def _quiet() -> None:
+    from .progress import quiet_library_bars
+
+    quiet_library_bars()
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -46,79 +50,60 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def results_table(results: dict) -> Table:
-    t = Table(title=f"{results['run']['name']} · {results['technique']['name']} on "
-                    f"'{results['config']['concept']['name']}' · {results['model']['ref']}")
-    for col in ("metric", "before", "after", "95% CI", "Δ", "n"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
-    for key, m in results["metrics"].items():
-        a, b = m["after"], m["before"]
-        t.add_row(f"{key} {'↑' if a['higher_is_better'] else '↓'}",
-                  "–" if b is None else f"{b['value']:.3f}", f"{a['value']:.3f}",
-                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]",
-                  "–" if m.get("delta") is None else f"{m['delta']:+.3f}", str(a["n"]))
-    from .probes.report import probe_rows
+    from .report.table import results_table as table
 
-    for row in probe_rows(results):
-        t.add_row(*row)
-    return t
+    return table(results)
 
 
 @app.command()
 def run(config: Path, set_: SetOpt = None) -> None:
     """Run CONFIG: apply the technique, generate, judge, score; write results.json and report.html."""
     from .config import load_config
+    from .report.table import nonfinite_lines, summary, unscored
     from .runner import run as run_config
 
     results = run_config(load_config(config, set_ or []), console=err)
-    out.print(results_table(results))
+    out.print(summary(results))
     if "probes" in results:
         out.print(f"verdict: {results['probes']['verdict']['label']} — {results['probes']['verdict']['summary']}")
     out.print(f"results: {Path(results['run']['dir']) / 'results.json'}")
     out.print(f"report:  {Path(results['run']['dir']) / 'report.html'}")
+    if unscored(results):
+        raise UserError(f"no value for {', '.join(unscored(results))}: every image was non-finite (NaN/inf); "
+                        "check the sampler settings (e.g. sampler.eta, guidance_scale)")
+    if nonfinite_lines(results):
+        err.print("warning: some images were non-finite and were left out of the scores (see above)",
+                  markup=False, highlight=False)
 
 
 @app.command()
 def validate(config: Path, set_: SetOpt = None) -> None:
     """Check CONFIG (keys, parameters, compatibility) without loading any weights."""
     from .config import load_config
+    from .progress import working
     from .runner import prepare
 
-    plan = prepare(load_config(config, set_ or []))
+    with working(f"validate {config}"):
+        plan = prepare(load_config(config, set_ or []))
     out.print(f"ok: spec {plan.spec_hash} · {len(plan.requests)} images · {plan.run_dir}")
 
 
 @app.command()
 def compare(paths: Annotated[list[Path], typer.Argument(help="results.json files or folders holding them")]) -> None:
     """A leaderboard of several runs: each metric's value after erasure (Δ to the base model)."""
-    from .report.compare import load_rows
+    from .report.compare import duplicates, load_rows, render
 
     rows, metric_keys = load_rows(paths)
-    t = Table(title="comparison")
-    for col in ("run", "technique", "concept", "model", *metric_keys):
-        t.add_column(col)
-    for row in rows:
-        cells = []
-        for key in metric_keys:
-            m = row["metrics"].get(key)
-            if m is None:
-                cells.append("–")
-                continue
-            arrow = "↑" if m["after"]["higher_is_better"] else "↓"
-            delta = "" if m.get("delta") is None else f" ({m['delta']:+.3f})"
-            cells.append(f"{m['after']['value']:.3f}{delta} {arrow}")
-        t.add_row(row["run"], row["technique"], row["concept"], row["model"], *cells)
-    out.print(t)
+    for line in duplicates(rows):
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    for part in render(rows, metric_keys):
+        out.print(part, soft_wrap=isinstance(part, Text))
 
 
 def _listing(kind: str) -> None:
-    reg = registry.ALL[kind]
-    t = Table(title=f"{kind}s")
-    for col in ("name", "description", "parameters (default)"):
-        t.add_column(col)
-    for name, cls in reg.items():
-        params = "\n".join(f"{k}: {ann} = {d}" for k, ann, d in cls.param_table()) or "–"
-        t.add_row(name, cls.description, params)
-    out.print(t)
+    from .report.listing import listing
+
+    out.print(listing(kind), soft_wrap=True)
 
 
 @app.command()
@@ -170,14 +155,16 @@ def _mount_subcommands() -> None:
     import importlib
 
     for name, module, help_ in (
-        ("toy", "evallearn.toyworld.cli", "The toy world: train, show."),
-        ("sae", "evallearn.sae.cli", "Sparse autoencoders for SAeUron / Concept Steerers: train, inspect."),
+        ("toy", "evallearn.toyworld.cli", "The toy world"),
+        ("sae", "evallearn.sae.cli", "Sparse autoencoders for SAeUron / Concept Steerers"),
     ):
         try:
             sub = importlib.import_module(module).app
         except ImportError:
             continue
-        app.add_typer(sub, name=name, help=help_)
+        # the help lists the sub-app's own commands, so it cannot name one that does not exist
+        commands = [c.name or c.callback.__name__.replace("_", "-") for c in sub.registered_commands]
+        app.add_typer(sub, name=name, help=f"{help_}: {', '.join(commands)}.")
 
 
 _mount_subcommands()

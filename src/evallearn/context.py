@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConceptConfig, RunConfig
 from .generation import GenRequest
-from .models.loading import ModelInfo
+from .models.loading import ModelInfo, device_problem
 
 
 @dataclass
@@ -53,3 +54,42 @@ class RunContext:
         )
         fields.update(overrides)
         return GenRequest(**fields)
+
+
+def _output_dir_problem(output_dir: str) -> str | None:
+    path = Path(output_dir).expanduser()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+        return f"output_dir '{output_dir}' {what}, not a folder"
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created: {probe} is not writable"
+        return f"output_dir '{output_dir}' {what}"
+    return None
+
+
+def run_problems(config: RunConfig, model: ModelInfo) -> list[str]:
+    """What stops ``config`` from running on ``model`` here, one line each, found without loading
+    any weights: the device, the image size against the model, the output folder."""
+    problems = []
+    why = device_problem(config.device)
+    if why:
+        problems.append(f"config: {why}")
+    for key in ("height", "width"):
+        value = getattr(config.sampler, key)
+        if value is None:
+            continue
+        if value % model.vae_factor:
+            problems.append(f"config: sampler.{key} {value}: not a multiple of {model.vae_factor}, the VAE "
+                            f"factor of model '{model.ref}'")
+        elif value < model.min_size:
+            problems.append(f"config: sampler.{key} {value}: below {model.min_size}, the smallest size model "
+                            f"'{model.ref}' draws at (its UNet's deepest level would be under 2x2 latent pixels)")
+    why = _output_dir_problem(config.output_dir)
+    if why:
+        problems.append(f"config: {why}")
+    return problems

@@ -9,13 +9,19 @@ generators).
 Batches are a fixed partition of the full, ordered request list, not of what is left to do:
 a resumed run therefore replays exactly the batches of an uninterrupted one, so a killed and
 resumed run gives bit-identical images even where batched BLAS kernels differ in the last bit.
+
+Every image is checked for non-finite values (NaN/inf) in its latents at each step (where the
+pipeline takes ``callback_on_step_end``) and in its decoded pixels; such a request is handed to
+``put`` with a description of the fault, so the runner can keep it out of every score.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +106,18 @@ class Generator:
             self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
         return self._schedulers[name]
 
+    def _takes_step_callback(self) -> bool:
+        try:
+            return "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
+        except (TypeError, ValueError):
+            return False
+
     @torch.no_grad()
-    def run_batch(self, batch: Sequence[GenRequest]) -> np.ndarray:
+    def sample(self, batch: Sequence[GenRequest]) -> tuple[np.ndarray, list[dict[str, Any] | None]]:
+        """uint8 images of ``batch`` and, per request, None or what was non-finite.
+
+        A non-finite request's image has its NaN/inf pixels set to 0 before conversion, so the
+        PNG kept for it is deterministic (it is never scored)."""
         first = batch[0]
         self.pipe.scheduler = self._scheduler(first.scheduler)
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in batch]
@@ -117,8 +133,34 @@ class Generator:
         )
         if first.eta:
             kwargs["eta"] = first.eta
+        first_bad_step: list[int | None] = [None] * len(batch)
+        if self._takes_step_callback():
+
+            def watch(pipe, i, t, tensors):
+                lat = tensors.get("latents")
+                if lat is not None and lat.shape[0] == len(batch):
+                    finite = torch.isfinite(lat.reshape(lat.shape[0], -1)).all(dim=1)
+                    for j in (~finite).nonzero().flatten().tolist():
+                        if first_bad_step[j] is None:
+                            first_bad_step[j] = i + 1
+                return {}
+
+            kwargs["callback_on_step_end"] = watch
         out = self.pipe(**kwargs)
-        return to_uint8(np.asarray(out.images))
+        images = np.asarray(out.images, dtype=np.float32)
+        faults: list[dict[str, Any] | None] = []
+        for j, img in enumerate(images):
+            bad_pixels = int((~np.isfinite(img)).sum())
+            if bad_pixels or first_bad_step[j] is not None:
+                faults.append({"nonfinite_pixels": bad_pixels, "pixels": int(img.size),
+                               "latents_nonfinite_from_step": first_bad_step[j], "steps": first.steps})
+            else:
+                faults.append(None)
+        images = np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
+        return to_uint8(images), faults
+
+    def run_batch(self, batch: Sequence[GenRequest]) -> np.ndarray:
+        return self.sample(batch)[0]
 
     def generate(
         self,
@@ -127,8 +169,12 @@ class Generator:
         put: Callable[[GenRequest, np.ndarray], None],
         batch_size: int,
         progress: Callable[[int], None] | None = None,
+        put_nonfinite: Callable[[GenRequest, np.ndarray, dict[str, Any]], None] | None = None,
     ) -> int:
-        """Generate every request that ``have`` says is missing; ``put`` stores each image.
+        """Generate every request that ``have`` says is missing; ``put(request, image)`` stores
+        each image. A request whose latents or pixels were NaN/inf goes to
+        ``put_nonfinite(request, image, fault)`` instead (``fault`` says what was non-finite);
+        without that callback it is stored like any other.
 
         Returns the number of images written.
         """
@@ -136,12 +182,14 @@ class Generator:
         for batch in plan_batches(requests, batch_size):
             missing = [r for r in batch if not have(r)]
             if missing:
-                images = self.run_batch(batch)
-                for req, img in zip(batch, images, strict=True):
+                images, faults = self.sample(batch)
+                for req, img, fault in zip(batch, images, faults, strict=True):
                     if not have(req):
-                        put(req, img)
+                        if fault is None or put_nonfinite is None:
+                            put(req, img)
+                        else:
+                            put_nonfinite(req, img, fault)
                         written += 1
             if progress is not None:
                 progress(len(missing))
         return written
-

@@ -152,39 +152,66 @@ class Judges:
         return out
 
 
-def generate(plan: Plan, pipe, images: ImageStore, label: str, progress) -> int:
+def generate(plan: Plan, pipe, images: ImageStore, label: str, progress,
+             requests: list[GenRequest] | None = None) -> int:
+    """Every missing image of ``requests`` (default: the plan's), in the engine's fixed partition
+    of that list. Non-finite images are stored with a flag (:meth:`ImageStore.put`)."""
+    requests = plan.requests if requests is None else requests
     engine = Generator(pipe, plan.config.device)
-    todo = [r for r in plan.requests if not images.has(r.key)]
-    task = progress.add_task(f"generate ({label})", total=len(plan.requests),
-                             completed=len(plan.requests) - len(todo), info="")
+    todo = [r for r in requests if not images.has(r.key)]
+    task = progress.add_task(f"generate ({label})", total=len(requests),
+                             completed=len(requests) - len(todo), info="")
     written = engine.generate(
-        plan.requests,
+        requests,
         have=lambda r: images.has(r.key),
         put=lambda r, img: images.put(r.key, img),
+        put_nonfinite=lambda r, img, fault: images.put(r.key, img, nonfinite=fault),
         batch_size=plan.config.sampler.batch_size,
         progress=lambda n: progress.advance(task, n),
     )
-    progress.update(task, completed=len(plan.requests))
+    progress.update(task, completed=len(requests))
     return written
 
 
 def score(plan: Plan, images: ImageStore, judges: Judges) -> dict[str, MetricResult]:
+    """Each metric over its finite images only; a metric with none has no value (not 0)."""
     results = {}
     for key, metric in plan.metrics.items():
         metric.reset()
         reqs = plan.ctx.extras["requests_by_metric"][key]
-        metric.update(reqs, images.get_many([r.key for r in reqs]), judges.for_metric(metric))
-        result = metric.compute()
+        finite = [r for r in reqs if images.flagged(r.key) is None]
+        if finite:
+            metric.update(finite, images.get_many([r.key for r in finite]), judges.for_metric(metric))
+            result = metric.compute()
+            result.nonfinite = len(reqs) - len(finite)
+        else:
+            result = MetricResult.no_value(metric.higher_is_better, len(reqs))
         result.details.setdefault("seeds", sorted({r.seed for r in reqs}))
         results[key] = result
     return results
 
 
+def nonfinite_requests(requests: list[GenRequest], images: ImageStore) -> list[dict[str, Any]]:
+    """The requests among ``requests`` whose image was flagged non-finite, with the fault."""
+    out = []
+    for r in requests:
+        fault = images.flagged(r.key)
+        if fault is not None:
+            out.append({"key": r.key, "prompt": r.prompt, "seed": r.seed, **fault})
+    return out
+
+
 def base_dir(plan: Plan) -> Path:
+    """The shared folder of a base model's images and metric values.
+
+    Keyed by everything that changes a base image besides its request: the model, dtype, device
+    and the batch size (batched kernels may round the last bit differently, which moves a pixel
+    by one grey level), so a run's "before" images never depend on which run made them first."""
     c = plan.config
     base = c.base_model or c.model
     info = plan.model if base == c.model else resolve_model(base)
-    key = short_hash({"model": base, "fingerprint": info.fingerprint, "dtype": c.dtype, "device": c.device})
+    key = short_hash({"model": base, "fingerprint": info.fingerprint, "dtype": c.dtype, "device": c.device,
+                      "batch_size": c.sampler.batch_size})
     return Path(c.output_dir) / "_base" / key
 
 
@@ -203,12 +230,19 @@ def bind_pipeline(plan: Plan, pipe, stage: str) -> None:
                            + [r for k in changed for r in by_metric[k]])
 
 
-def before_phase(plan: Plan, pipe, judges: Judges, progress, log) -> dict[str, MetricResult]:
-    """Base-model images and metric values, each computed once per base model."""
+def before_phase(plan: Plan, pipe, judges: Judges, progress, log,
+                 work: dict[str, int] | None = None) -> dict[str, MetricResult]:
+    """Base-model images and metric values, each computed once per base model.
+
+    The base images are generated in an order that depends only on the set of requests (sorted
+    by key), not on the order of the config's metrics. ``work`` counts what was computed here
+    (images written, metric values not taken from the cache)."""
+    work = {} if work is None else work
     bind_pipeline(plan, pipe, "before")
     root = base_dir(plan)
     images = ImageStore(root / "images")
-    written = generate(plan, pipe, images, "base model", progress)
+    written = generate(plan, pipe, images, "base model", progress, sorted(plan.requests, key=lambda r: r.key))
+    work["before"] = work.get("before", 0) + written
     log("base_images", written=written)
     out = {}
     for key, metric in plan.metrics.items():
@@ -224,6 +258,7 @@ def before_phase(plan: Plan, pipe, judges: Judges, progress, log) -> dict[str, M
             continue
         single = Plan(plan.config, plan.model, plan.technique, {key: metric}, reqs, plan.run_dir, plan.ctx)
         out[key] = score(single, images, judges)[key]
+        work["before"] = work.get("before", 0) + 1
         atomic_write_json(path, out[key].to_dict())
     return out
 
@@ -247,26 +282,69 @@ def environment(device: str) -> dict[str, Any]:
             "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
 
 
+PHASES = ("prepare", "load", "before", "technique", "generate", "score", "probes")
+_SETUP = ("prepare", "load")  # redone by every attempt; they count when the attempt computed anything
+
+
+def compute_timings(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-phase compute cost from a run directory's manifest, which logs one ``phase`` event
+    (``name``, ``seconds``, ``work``: how much it computed) per finished phase of each attempt
+    (an attempt begins at a ``start`` event).
+
+    A phase's cost is the sum of its seconds over the attempts where it computed something
+    (images written, the edit applied, metric values not read from a cache), so resuming a
+    finished run keeps the cost of the run that did the work; ``prepare`` and ``load`` count in
+    the attempts that computed anything. A phase no attempt computed (everything came from a
+    shared cache) costs what its first attempt spent reading it. The time of a phase cut short
+    by a kill is not counted. ``this_run`` holds the last attempt's own seconds per phase."""
+    attempts: list[dict[str, dict[str, float]]] = []
+    for e in events:
+        if e.get("event") == "start":
+            attempts.append({})
+        elif e.get("event") == "phase" and attempts:
+            attempts[-1][e["name"]] = {"seconds": float(e["seconds"]), "work": int(e.get("work", 0))}
+    out: dict[str, Any] = {}
+    for name in PHASES:
+        seen = [a for a in attempts if name in a]
+        if not seen:
+            continue
+        if name in _SETUP:
+            busy = [a for a in seen if any(v["work"] > 0 for k, v in a.items() if k not in _SETUP)]
+        else:
+            busy = [a for a in seen if a[name]["work"] > 0]
+        out[name] = round(sum(a[name]["seconds"] for a in busy) if busy else seen[0][name]["seconds"], 3)
+    out["total"] = round(sum(v for v in out.values()), 3)
+    out["attempts"] = len(attempts)
+    return out
+
+
 def run(config: RunConfig, console=None) -> dict[str, Any]:
     from rich.console import Console
 
-    from .progress import new_progress
+    from .progress import new_progress, quiet_library_bars
 
+    quiet_library_bars()
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    work: dict[str, int] = {}
+    log = None
 
     def phase(name: str, t0: float) -> float:
         timings[name] = round(time.perf_counter() - t0, 3)
+        if log is not None:
+            log("phase", name=name, seconds=timings[name], work=work.get(name, 0))
         return time.perf_counter()
 
     t = time.perf_counter()
     plan = prepare(config)
     t = phase("prepare", t)
     store = RunStore(plan.run_dir)
-    with store, new_progress() as progress:
+    with store, new_progress(config.name) as progress:
         store.write_config(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
         store.log("start", spec=plan.spec_hash, requests=len(plan.requests))
+        log = store.log
+        log("phase", name="prepare", seconds=timings["prepare"], work=1)
         cfg = plan.config
         judges = Judges(cfg.device)
 
@@ -278,7 +356,7 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
         before: dict[str, MetricResult] = {}
         same_model = base_ref == cfg.model and not plan.technique.changes_model
         if cfg.base_metrics and plan.metrics and not same_model:
-            before = before_phase(plan, pipe, judges, progress, store.log)
+            before = before_phase(plan, pipe, judges, progress, store.log, work)
             store.log("before_done")
         t = phase("before", t)
 
@@ -287,31 +365,43 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
         pipe, cached = plan.technique.load_or_apply(pipe, plan.ctx)
         bind_pipeline(plan, pipe, "after")
         store.log("technique_done", cached=cached)
+        work["technique"] = 0 if cached else 1
         t = phase("technique", t)
 
         written = generate(plan, pipe, store.images, "after", progress)
         store.log("images_done", written=written)
+        work["generate"] = written
         t = phase("generate", t)
 
         after = score(plan, store.images, judges)
+        # the same images give the same numbers: scoring is new work only when images are new
+        work["score"] = written
         t = phase("score", t)
 
         probes_out = None
         if cfg.probes:
             from .probes.phase import run_probes
 
+            cached_probes = set((plan.run_dir / "probes").glob("*.json"))
             probes_out = run_probes(plan, pipe, lambda: load_pipeline(base_info, cfg.device, cfg.dtype),
                                     store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
+            work["probes"] = len(set((plan.run_dir / "probes").glob("*.json")) - cached_probes)
             t = phase("probes", t)
 
         metrics_out = {}
         for key, res in after.items():
             entry = {"after": res.to_dict(), "before": before[key].to_dict() if key in before else None}
             if key in before:
-                entry["delta"] = res.value - before[key].value
+                b = before[key].value
+                entry["delta"] = None if res.value is None or b is None else res.value - b
             metrics_out[key] = entry
             store.log("metric", id=key, value=res.value)
+        nonfinite = {"after": nonfinite_requests(plan.requests, store.images)}
+        if before:
+            nonfinite["before"] = nonfinite_requests(plan.requests, ImageStore(base_dir(plan) / "images"))
         timings["total"] = round(time.perf_counter() - t_start, 3)
+        compute = compute_timings(store.manifest())
+        compute["this_run"] = dict(timings)
         results = {
             "run": {"name": cfg.name, "spec_hash": plan.spec_hash, "dir": str(plan.run_dir),
                     "eval_learn": __version__},
@@ -323,8 +413,9 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
             **({"probes": probes_out} if probes_out is not None else {}),
             "seeds": {"run_seed": cfg.seed, "rule": "each image's generator is seeded with its request's seed",
                       "n_requests": len(plan.requests)},
+            "nonfinite": nonfinite,
             "environment": environment(cfg.device),
-            "timings": timings,
+            "timings": compute,
         }
         store.write_results(results)
         from .report.html import write_report

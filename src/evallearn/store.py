@@ -5,6 +5,8 @@ Layout of ``<output_dir>/<name>-<spec hash>/``::
     config.yaml      the resolved config (what was hashed)
     lock             held with flock while a run is alive (the kernel drops it on kill -9)
     images/<key>.png one PNG per generation request, written atomically
+    images/<key>.nonfinite.json  beside the PNG of a request whose latents or image held NaN/inf
+                     (the PNG then holds the image with those values set to 0; it is never scored)
     manifest.jsonl   append-only progress log
     results.json     written atomically when the run ends
     report.html
@@ -30,10 +32,21 @@ from PIL import Image
 from .errors import UserError
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a reader (or a crash)
+    never sees a partial file. The file gets the mode any new file gets (0666 less the umask);
+    ``mkstemp`` alone would leave it 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -62,12 +75,35 @@ class ImageStore:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def put(self, key: str, image: np.ndarray) -> None:
+    def put(self, key: str, image: np.ndarray, nonfinite: dict[str, Any] | None = None) -> None:
+        """Store ``image`` (uint8) for ``key``; ``nonfinite`` (what went wrong) flags it first."""
         import io
 
+        if nonfinite is not None:
+            self.flag(key, nonfinite)
+        elif self.flag_path(key).exists():  # a finite image replaces a flagged one
+            self.flag_path(key).unlink()
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
         atomic_write_bytes(self.path(key), buf.getvalue())
+
+    def flag_path(self, key: str) -> Path:
+        return self.root / f"{key}.nonfinite.json"
+
+    def flag(self, key: str, info: dict[str, Any]) -> None:
+        """Record that request ``key`` gave non-finite latents or pixels (written before its PNG,
+        so a PNG without a flag is always a finite image)."""
+        atomic_write_json(self.flag_path(key), info)
+
+    def flagged(self, key: str) -> dict[str, Any] | None:
+        """What :meth:`flag` recorded for ``key``, or None for a finite image."""
+        path = self.flag_path(key)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"what": "unreadable flag file"}
 
     def get(self, key: str) -> np.ndarray:
         with Image.open(self.path(key)) as im:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ..components import Component, Params
 from ..errors import UserError
@@ -41,7 +43,7 @@ class DatasetParams(Params):
     #: local file / folder or Hugging Face dataset id; None = the toy analogue on the toy model
     source: str | None = None
     #: keep at most this many records (spread evenly over the set, order kept); 0 = all
-    limit: int = 0
+    limit: int = Field(0, ge=0)
 
 
 class PromptDataset(Component):
@@ -83,6 +85,18 @@ def take(items: list, limit: int) -> list:
 
 
 def _read_file(path: Path) -> list[dict[str, str]]:
+    try:
+        return _parse_file(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
+    except (json.JSONDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: not a valid {path.suffix.lstrip('.').upper()} file: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+
+
+def _parse_file(path: Path) -> list[dict[str, str]]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
@@ -94,6 +108,8 @@ def _read_file(path: Path) -> list[dict[str, str]]:
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             data = json.loads(text)
+        if data and isinstance(data, list) and not all(isinstance(r, dict) for r in data):
+            raise UserError(f"{path}: expected a list of objects (one per prompt)")
         if isinstance(data, dict):  # e.g. COCO's captions_*.json: its "annotations" list
             data = data.get("annotations") or next((v for v in data.values() if isinstance(v, list)), [data])
         return list(data)
@@ -109,10 +125,15 @@ def _read_file(path: Path) -> list[dict[str, str]]:
 def _hub_folder(repo_id: str, what: str) -> Path:
     from huggingface_hub import snapshot_download
 
+    from ..models.loading import fetch_allowed
+
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
     except Exception:
-        pass
+        if not fetch_allowed():
+            raise UserError(f"dataset '{what}': '{repo_id}' is neither a local file nor in the local Hugging Face "
+                            f"cache (nothing is downloaded here); run `hf download --repo-type dataset {repo_id}` "
+                            "where there is network, or set source to a local file") from None
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset"))
     except Exception:
@@ -156,6 +177,23 @@ def as_int(value) -> int | None:
         return int(float(value))
     except (TypeError, ValueError):
         return None
+
+
+def as_seed(value, where: str) -> int | None:
+    """A per-prompt seed: empty is None; a whole number (``7``, ``7.0``) in 0..2**63-1 is kept;
+    anything else (``abc``, ``1.5``, ``-3``) is a one-line error naming ``where``, never dropped
+    or truncated."""
+    if value is None or (isinstance(value, float) and value != value):  # NaN: an empty Parquet cell
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if isinstance(value, bool) or not re.fullmatch(r"[+-]?[0-9]+(\.0*)?", text):
+        raise UserError(f"{where}: seed {text!r} is not a whole number")
+    seed = int(text.split(".")[0])
+    if not 0 <= seed <= 2**63 - 1:
+        raise UserError(f"{where}: seed {text!r} is outside 0..2**63-1")
+    return seed
 
 
 def as_float(value) -> float | None:

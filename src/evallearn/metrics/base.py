@@ -23,16 +23,29 @@ from ..stats import bootstrap_ci
 
 @dataclass
 class MetricResult:
-    value: float
-    ci_low: float
-    ci_high: float
+    """A metric's value with its 95 % bootstrap interval over ``n`` scored images.
+
+    ``value`` (and the interval) is None when no image could be scored: every image the metric
+    asked for had non-finite latents or pixels. ``nonfinite`` counts the images left out so.
+    """
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
     n: int
     higher_is_better: bool
     details: dict[str, Any] = field(default_factory=dict)
     judges: dict[str, Any] = field(default_factory=dict)
+    nonfinite: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def no_value(cls, higher_is_better: bool, nonfinite: int) -> MetricResult:
+        return cls(value=None, ci_low=None, ci_high=None, n=0, higher_is_better=higher_is_better,
+                   details={"no_value": "every image of this metric had non-finite latents or pixels"},
+                   nonfinite=nonfinite)
 
 
 @dataclass(frozen=True)

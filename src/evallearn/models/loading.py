@@ -3,14 +3,22 @@
 Resolution reads only JSON configs, so ``eval-learn validate`` can check compatibility before
 any weights load. Loading honours offline mode: with ``HF_HUB_OFFLINE=1`` only the local cache
 is used, and a hub id that is not there is a one-line error saying how to get it.
+
+Inside :func:`no_fetch` (what ``eval-learn validate`` uses) nothing is built or downloaded: hub
+ids are read from the local cache only, whatever ``HF_HUB_OFFLINE`` says, and the tiny random
+pipeline is described from its known architecture without building it. Built weights live in
+:func:`cache_home`: ``$EVALLEARN_CACHE``, by default ``~/.cache/evallearn``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,7 +29,27 @@ TOY = "toy"
 TINY = "tiny-random"
 
 
+_NO_FETCH: contextvars.ContextVar[bool] = contextvars.ContextVar("evallearn_no_fetch", default=False)
+
+
+@contextlib.contextmanager
+def no_fetch():
+    """Within this block nothing is downloaded or built (used by ``validate``)."""
+    token = _NO_FETCH.set(True)
+    try:
+        yield
+    finally:
+        _NO_FETCH.reset(token)
+
+
+def fetch_allowed() -> bool:
+    """Whether a missing model or dataset may be downloaded (or built) now."""
+    return not _NO_FETCH.get() and not _offline()
+
+
 def cache_home() -> Path:
+    """Where built weights (the tiny random pipeline and CLIP) are kept: ``$EVALLEARN_CACHE``,
+    by default ``~/.cache/evallearn``."""
     return Path(os.environ.get("EVALLEARN_CACHE", Path.home() / ".cache" / "evallearn"))
 
 
@@ -53,6 +81,18 @@ class ModelInfo:
     #: the classifier-free guidance the model is meant to be sampled with (used where the config's
     #: ``sampler.guidance_scale`` is left unset): 7.5 for Stable Diffusion, as its model cards use
     default_guidance: float = 7.5
+    #: pixels per latent pixel (2 ** (VAE blocks - 1)): 8 for Stable Diffusion
+    vae_factor: int = 8
+    #: UNet resolution levels (down blocks; each but the last halves the latent): 4 for SD
+    unet_levels: int = 4
+    #: False while the weights do not exist yet (``validate`` of a never-built tiny-random)
+    built: bool = True
+
+    @property
+    def min_size(self) -> int:
+        """The smallest height/width accepted: the UNet's deepest level still 2x2 latent pixels
+        (128 for Stable Diffusion, 16 for the toy model); below it the bottleneck is one pixel."""
+        return self.vae_factor * 2 ** (self.unet_levels - 1) * 2
 
     def describe(self) -> dict:
         return {"ref": self.ref, "path": str(self.path), "tags": sorted(self.tags),
@@ -62,7 +102,7 @@ class ModelInfo:
 
     @property
     def fingerprint(self) -> str:
-        return folder_fingerprint(self.path)
+        return folder_fingerprint(self.path) if self.built else "not-built"
 
 
 _FULL_HASH_LIMIT = 256 << 20
@@ -103,6 +143,9 @@ def _hub_folder(ref: str) -> Path:
         return Path(snapshot_download(ref, local_files_only=True,
                                       allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
     except Exception:
+        if _NO_FETCH.get():
+            raise UserError(f"{hint}; `validate` downloads nothing (`eval-learn run` fetches it when "
+                            "HF_HUB_OFFLINE is unset)") from None
         if _offline():
             raise UserError(hint) from None
     try:
@@ -135,7 +178,15 @@ def inspect_folder(ref: str, folder: Path) -> ModelInfo:
         tags.add("sd2" if text.get("hidden_size") == 1024 else "sd1")
     else:
         tags.add(cls.lower() or "unknown")
-    return ModelInfo(ref=ref, path=folder, tags=frozenset(tags), pipeline_class=cls, default_size=size)
+    levels = max(1, len(unet.get("down_block_types", [0, 0, 0, 0])))
+    return ModelInfo(ref=ref, path=folder, tags=frozenset(tags), pipeline_class=cls, default_size=size,
+                     vae_factor=factor, unet_levels=levels)
+
+
+#: the tiny random pipeline as :func:`evallearn.models.tiny.build_tiny_pipeline` builds it
+#: (latent 32, VAE factor 2, two UNet levels), described without building it
+_TINY_INFO = dict(tags=frozenset({"sd1"}), pipeline_class="StableDiffusionPipeline", default_size=64,
+                  vae_factor=2, unet_levels=2, default_guidance=6.0)
 
 
 def resolve_model(ref: str) -> ModelInfo:
@@ -151,10 +202,13 @@ def resolve_model(ref: str) -> ModelInfo:
         info = inspect_folder(ref, folder)
         from ..toyworld import DEFAULT_GUIDANCE
 
-        return ModelInfo(ref, info.path, info.tags | {"toy"}, info.pipeline_class, info.default_size, DEFAULT_GUIDANCE)
+        return replace(info, tags=info.tags | {"toy"}, default_guidance=DEFAULT_GUIDANCE)
     if ref == TINY:
+        folder = cache_home() / "tiny-random-pipeline-v1"
+        if _NO_FETCH.get() and not (folder / "model_index.json").is_file():
+            return ModelInfo(ref=ref, path=folder, built=False, **_TINY_INFO)
         info = inspect_folder(ref, tiny_random_dir("pipeline"))
-        return ModelInfo(ref, info.path, info.tags, info.pipeline_class, info.default_size, 6.0)
+        return replace(info, default_guidance=6.0)
     path = Path(ref).expanduser()
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         if not path.is_dir():
@@ -172,6 +226,37 @@ def quiet_hf() -> None:
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+
+
+_DEVICE = re.compile(r"(cpu|mps|cuda|xpu)(?::([0-9]+))?")
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used by this torch (None when it can). Imports torch, loads nothing."""
+    m = _DEVICE.fullmatch(device)
+    if not m:
+        return f"device '{device}': not a device (use cpu, cuda, cuda:N or mps)"
+    kind, index = m.group(1), m.group(2)
+    if kind == "cpu":
+        return None if index in (None, "0") else f"device '{device}': there is one cpu device; use 'cpu'"
+    import torch
+
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return f"device '{device}': this torch sees no CUDA device (torch {torch.__version__}); use 'cpu'"
+        n = torch.cuda.device_count()
+        if index is not None and int(index) >= n:
+            return f"device '{device}': no such CUDA device; {n} visible (cuda:0 .. cuda:{n - 1})"
+        return None
+    if kind == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if ok else f"device '{device}': MPS is not available in this torch; use 'cpu'"
+    xpu = getattr(torch, "xpu", None)
+    if xpu is None or not xpu.is_available():
+        return f"device '{device}': this torch sees no XPU device; use 'cpu'"
+    if index is not None and int(index) >= xpu.device_count():
+        return f"device '{device}': no such XPU device; {xpu.device_count()} visible"
+    return None
 
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..config import safe_join
 from ..generation import make_scheduler
 from ..models.prediction import denoising_target
 from . import _sampling
@@ -56,7 +57,7 @@ class TextualInversion(Probe):
         pid = tok.convert_tokens_to_ids(ph)
         te.resize_token_embeddings(len(tok))
         emb = te.get_input_embeddings()
-        path = env.artefacts / f"textual_inversion-{self.ctx.concept.name}.safetensors"
+        path = safe_join(env.artefacts, f"textual_inversion-{self.ctx.concept.name}.safetensors")
         if path.is_file():
             from safetensors.torch import load_file
 

@@ -17,6 +17,14 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.4g}"
 
 
+def _with_ci(r) -> str:
+    if r is None:
+        return "–"
+    if r.get("value") is None:
+        return "no value"
+    return f"{_fmt(r['value'])} [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]"
+
+
 def _thumb(images: ImageStore, key: str, size: int = 96) -> str:
     if not images.has(key):
         return ""
@@ -28,16 +36,21 @@ def _thumb(images: ImageStore, key: str, size: int = 96) -> str:
 
 def write_report(run_dir: Path, results: dict, images: ImageStore, requests, n_samples: int = 24) -> Path:
     esc = html.escape
+    from .table import fmt_n, item_text, legend
+
     rows = []
     for key, m in results["metrics"].items():
         a, b = m["after"], m["before"]
         arrow = "↑" if a["higher_is_better"] else "↓"
         rows.append(
-            f"<tr><td>{esc(key)} {arrow}</td><td>{_fmt(b and b['value'])}</td>"
-            f"<td>{_fmt(a['value'])} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]</td>"
-            f"<td>{_fmt(m.get('delta'))}</td><td>{a['n']}</td>"
+            f"<tr><td>{esc(key)} {arrow}</td><td>{_with_ci(b)}</td><td>{_with_ci(a)}</td>"
+            f"<td>{_fmt(m.get('delta'))}</td><td>{esc(fmt_n(b))} / {esc(fmt_n(a))}</td>"
             f"<td><code>{esc(json.dumps(a['judges'], default=str))}</code></td></tr>"
         )
+    meanings = "<br>".join(esc(line.strip()) for line in legend(results).plain.splitlines())
+    bad = "".join(f"<h3>non-finite images, {esc(stage)} (not scored): {len(items)}</h3><ul>"
+                  + "".join(f"<li>{esc(item_text(i))}</li>" for i in items) + "</ul>"
+                  for stage, items in (results.get("nonfinite") or {}).items() if items)
     from ..probes.report import probe_html
 
     probes = probe_html(results)
@@ -55,8 +68,11 @@ font-size:10px}} code{{font-size:11px}}</style></head><body>
 <p>model <b>{esc(results['model']['ref'])}</b> · technique <b>{esc(results['technique']['name'])}</b>
  · concept <b>{esc(results['config']['concept']['name'])}</b> ({esc(results['config']['concept']['kind'])})
  · seed {results['config']['seed']}</p>
-<h2>Metrics</h2><table><tr><th>metric</th><th>before (base)</th><th>after [95% CI]</th><th>Δ</th><th>n</th>
-<th>judges</th></tr>{''.join(rows)}</table>
+<h2>Metrics</h2><table><tr><th>metric</th><th>before (base) [95% CI]</th><th>after [95% CI]</th><th>Δ</th>
+<th>n before / after</th><th>judges</th></tr>{''.join(rows)}</table>
+<p>[95% CI]: percentile bootstrap over the n images scored · Δ = after − before · ↑/↓: the better direction<br>
+{meanings}</p>
+{bad}
 {probes}
 <h2>Samples (after)</h2>{samples}
 <h2>Environment</h2><pre>{esc(json.dumps(results['environment'], indent=2))}</pre>

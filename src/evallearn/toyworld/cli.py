@@ -97,6 +97,10 @@ def show(
         raise typer.BadParameter("--per-shape must be positive")
     from diffusers import StableDiffusionPipeline
 
+    from ..progress import quiet_library_bars
+
+    quiet_library_bars()  # no "Loading pipeline components" bar
+
     torch.set_num_threads(2)
     pipe = StableDiffusionPipeline.from_pretrained(str(_pipeline_folder(pipeline)))
     pipe.set_progress_bar_config(disable=True)
@@ -110,20 +114,21 @@ def show(
             wanted.append((shape, colour, style))
     images = generate(pipe, prompts, seeds, steps=steps, guidance=guidance)
     probs = clf.predict(images)
-    cell, label_h, head_w = 32 * scale, 30, 70
-    grid = Image.new("RGB", (head_w + per_shape * cell, len(SHAPES) * (cell + label_h)), "white")
+    cell, col_w, label_h, head_w = grid_geometry(scale)
+    grid = Image.new("RGB", (head_w + per_shape * col_w, len(SHAPES) * (cell + label_h)), "white")
     draw = ImageDraw.Draw(grid)
     for k, img in enumerate(images):
         r, c = divmod(k, per_shape)
-        x, y = head_w + c * cell, r * (cell + label_h)
+        x, y = head_w + c * col_w, r * (cell + label_h)
         tile = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).resize((cell, cell), Image.NEAREST)
         grid.paste(tile, (x, y))
         shape, colour, style = wanted[k]
         got = [probs[h][k].argmax().item() for h in ("shape", "colour", "style")]
-        got_names = (SHAPES[got[0]], COLOURS[got[1]], STYLES[got[2]])
-        ok = got_names[0] == shape
-        draw.text((x + 2, y + cell + 2), f"{got_names[0]}", fill=(0, 128, 0) if ok else (200, 0, 0))
-        draw.text((x + 2, y + cell + 14), f"{got_names[2][:5]} {got_names[1]}", fill=(60, 60, 60))
+        lines = cell_labels(SHAPES[got[0]], COLOURS[got[1]], STYLES[got[2]])
+        ok = lines[0] == shape
+        for i, line in enumerate(lines):
+            colour_rgb = ((0, 128, 0) if ok else (200, 0, 0)) if i == 0 else (60, 60, 60)
+            draw.text((x + 2, y + cell + 2 + LINE_H * i), line, fill=colour_rgb)
         if c == 0:
             draw.text((4, y + cell // 2), shape, fill=(0, 0, 0))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +152,10 @@ def evaluate(
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from ..progress import quiet_library_bars
+
+    quiet_library_bars()  # no "Loading pipeline components" bar
+
     from . import SHAPES, load_toy_classifier
     from .train import evaluate_pipeline
 
@@ -165,6 +174,30 @@ def evaluate(
     typer.echo(f"| mean | {m['shape']:.3f} | {m['colour']:.3f} | {m['style']:.3f} |")
     if out is not None:
         out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+LINE_H = 12  # px per label line in the default PIL font
+
+
+def cell_labels(shape: str, colour: str, style: str) -> list[str]:
+    """The classifier's reading of one image, one full word per line: shape, style, colour."""
+    return [shape, style, colour]
+
+
+def grid_geometry(scale: int) -> tuple[int, int, int, int]:
+    """(tile size, column width, label band height, row-name column width) of the ``toy show``
+    grid: a column is as wide as its tile or its longest label, whichever is wider, so no label
+    is cut or runs into the next column."""
+    from PIL import Image, ImageDraw
+
+    from . import COLOURS, SHAPES, STYLES
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max(draw.textlength(word) for word in (*SHAPES, *COLOURS, *STYLES))
+    cell = 32 * scale
+    col_w = max(cell, int(widest) + 6)
+    head_w = max(70, int(widest) + 8)
+    return cell, col_w, 2 + LINE_H * len(cell_labels("", "", "")) + 2, head_w
 
 
 def _pipeline_folder(pipeline: Path | None) -> Path:

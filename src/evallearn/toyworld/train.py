@@ -401,7 +401,7 @@ def train_t2i(
     start = 0
     state_path = out_dir / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_training_state(state_path)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
@@ -478,6 +478,25 @@ def train_t2i(
                 res = evaluate_pipeline(pipe, evaluate_with, n_per_shape=5)
                 log(f"t2i: step {done} quick eval {summary_line(res)}")
     return make_pipeline(_plain(ema.shadow[0]), vae, ema.shadow[1], sampler)
+
+
+def load_training_state(path: Path) -> dict:
+    """A resume checkpoint (``state.pt``) read with ``weights_only=True``: tensors, numbers and
+    containers only, so a crafted pickle in the output folder runs nothing; anything else is a
+    one-line error naming the file."""
+    import pickle
+
+    from ..errors import UserError
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not a training checkpoint this version can resume from "
+                        f"(delete it to start over): {first}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise UserError(f"{path}: not a training checkpoint (no 'step'); delete it to start over")
+    return state
 
 
 # --------------------------------------------------------------------------- evaluation

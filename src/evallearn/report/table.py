@@ -1,0 +1,141 @@
+"""The terminal results table of one run, and the notes that make it readable on its own.
+
+Each metric row shows the value before (base model) and after (unlearned model), each with its
+95 % percentile bootstrap interval over the images it scored (``n``), the change, and the
+direction in which the metric is better. Below the table: what each metric measures, and the
+requests whose images were non-finite (never scored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+N_LISTED = 5  # non-finite requests listed by name; all are in results.json
+
+
+def fmt_value(r: dict | None) -> str:
+    """``0.812 [0.750, 0.875]``, ``no value`` (nothing scorable) or ``–`` (not computed)."""
+    if r is None:
+        return "–"
+    if r.get("value") is None:
+        return "no value"
+    if r.get("ci_low") is None:
+        return f"{r['value']:.3f}"
+    return f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def fmt_n(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    bad = r.get("nonfinite", 0)
+    return f"{r.get('n', '?')}" + (f" (+{bad} NaN)" if bad else "")
+
+
+def metric_names(results: dict) -> dict[str, str]:
+    """Metric key (its id, else its name) -> registered metric name."""
+    out = {}
+    for ref in results.get("config", {}).get("metrics", []):
+        if isinstance(ref, dict):
+            out[ref.get("id") or ref["name"]] = ref["name"]
+        else:
+            out[str(ref)] = str(ref)
+    return out
+
+
+def metric_meaning(name: str) -> str:
+    from .. import registry
+
+    try:
+        return registry.metrics.get(name).description
+    except Exception:  # a metric from a plugin that is not installed here
+        return ""
+
+
+def direction(higher_is_better: bool) -> str:
+    return "↑ higher is better" if higher_is_better else "↓ lower is better"
+
+
+def unscored(results: dict) -> list[str]:
+    """Metric keys (``key (before)`` for the base model) that have no value: none of their
+    images was finite."""
+    out = []
+    for key, m in results["metrics"].items():
+        if m["after"].get("value") is None:
+            out.append(key)
+        if m.get("before") is not None and m["before"].get("value") is None:
+            out.append(f"{key} (before)")
+    return out
+
+
+def results_table(results: dict) -> Table:
+    t = Table(title=f"{results['run']['name']} · {results['technique']['name']} on "
+                    f"'{results['config']['concept']['name']}' · {results['model']['ref']}",
+              caption="before: base model · after: unlearned model · [95% bootstrap CI over the n images "
+                      "scored] · Δ = after − before · ↑/↓: the better direction",
+              caption_justify="left")
+    t.add_column("metric", justify="left")
+    t.add_column("before [95% CI]", justify="right")
+    t.add_column("after [95% CI]", justify="right")
+    t.add_column("Δ", justify="right")
+    t.add_column("n before / after", justify="right")
+    for key, m in results["metrics"].items():
+        a, b = m["after"], m["before"]
+        delta = m.get("delta")
+        t.add_row(f"{key} {'↑' if a['higher_is_better'] else '↓'}", fmt_value(b), fmt_value(a),
+                  "–" if delta is None else f"{delta:+.3f}", f"{fmt_n(b)} / {fmt_n(a)}")
+    from ..probes.report import probe_rows
+
+    for name, before, after, ci, delta, n in probe_rows(results):
+        t.add_row(name, before, f"{after} {ci}", delta, f"– / {n}")
+    return t
+
+
+def legend(results: dict) -> Text:
+    """One line per metric: what it measures and which way is better."""
+    names = metric_names(results)
+    lines = []
+    for key, m in results["metrics"].items():
+        name = names.get(key, key)
+        meaning = metric_meaning(name)
+        label = key if name == key else f"{key} ({name})"
+        meaning = meaning.rstrip(". ")
+        lines.append(f"  {label}: {meaning + '; ' if meaning else ''}{direction(m['after']['higher_is_better'])}")
+    return Text("\n".join(lines))
+
+
+def nonfinite_lines(results: dict) -> list[str]:
+    """The requests whose latents or pixels were NaN/inf: a count per stage and the first few."""
+    lines = []
+    for stage, items in (results.get("nonfinite") or {}).items():
+        if not items:
+            continue
+        label = "after (unlearned model)" if stage == "after" else "before (base model)"
+        lines.append(f"non-finite {label}: {len(items)} image(s) had NaN/inf latents or pixels and were not "
+                     "scored; all are listed in results.json under 'nonfinite'")
+        for item in items[:N_LISTED]:
+            lines.append(f"  {item_text(item)}")
+        if len(items) > N_LISTED:
+            lines.append(f"  … and {len(items) - N_LISTED} more")
+    return lines
+
+
+def item_text(item: dict[str, Any]) -> str:
+    where = []
+    if item.get("latents_nonfinite_from_step") is not None:
+        where.append(f"latents from step {item['latents_nonfinite_from_step']} of {item.get('steps', '?')}")
+    if item.get("nonfinite_pixels"):
+        where.append(f"{item['nonfinite_pixels']}/{item.get('pixels', '?')} pixel values")
+    return f"{item['prompt']!r} seed {item['seed']} ({', '.join(where) or 'non-finite'}) [{item['key']}]"
+
+
+def summary(results: dict) -> Group:
+    """The table, the metric legend, and the non-finite requests (if any)."""
+    parts: list[Any] = [results_table(results), legend(results)]
+    bad = nonfinite_lines(results)
+    if bad:
+        parts.append(Text("\n".join(bad), style="yellow"))
+    return Group(*parts)
