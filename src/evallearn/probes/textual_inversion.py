@@ -5,30 +5,62 @@ al., ICLR 2023, "An Image is Worth One Word").
 A new token ``<concept>`` is added to the erased model's tokenizer and its embedding learned
 *against the erased model* (everything else frozen) with the denoising loss on base-model images
 of the concept; if the erased model can still draw the concept from some input embedding, the
-learned word finds it. The placeholder then goes into the concept's prompt templates (never
-substring replacement: the authors' replacement missed 8 of their 13 concepts, silently turning
-the probe into the standard prompt). Each training image is paired with its own prompt, the
-placeholder in place of the concept's name. Defaults are the authors' (diffusers'
-``textual_inversion.py``): 3000 steps, batch 1, gradient accumulation 4, lr 5e-4 scaled by the
-accumulation (``--scale_lr``: 2e-3), constant schedule, AdamW (0.9, 0.999, weight decay 1e-2),
-initializer token "object" (the paper-era runs used the concept's first three letters). The
-learned embedding is saved in the run directory and reused by a rerun.
+learned word finds it. Training follows the textual-inversion recipe as the authors ran it
+(diffusers' ``textual_inversion.py``, Gal et al.'s data pipeline): each sample pairs a random
+training image, flipped horizontally with probability 1/2, with a caption drawn at random from
+the recipe's small ImageNet template set ("a photo of a {}", "a rendering of a {}", … — 27
+object templates, or 19 style templates with ``learnable_property: style``; the authors used
+``object`` for every concept), and a fresh draw from the VAE posterior of that image. Defaults:
+3000 steps, batch 1, gradient accumulation 4, lr 5e-4 scaled by the accumulation
+(``--scale_lr``: 2e-3), constant schedule, AdamW (0.9, 0.999, weight decay 1e-2), initializer
+token "object" (the paper-era runs used the concept's first three letters). The embedding is
+optimised as a float32 master copy whatever the pipeline's dtype (diffusers keeps the text
+encoder in float32; AdamW's ε of 1e-8 is 0 in float16, where small gradients drive the row to
+infinity).
+
+The placeholder is then put into the concept's prompt templates (never substring replacement:
+the authors' replacement missed 8 of their 13 concepts, silently turning the probe into the
+standard prompt) and sampled with the same seeds as the standard prompt (a ``prompts_file``'s
+seeds when one is given). The learned embedding is saved in the run directory under a hash of
+the training settings and reused by a rerun with the same settings.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import safe_join
+from ..config import safe_join, short_hash
 from ..generation import make_scheduler
 from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
+
+#: Captions of the textual-inversion recipe (Gal et al., 2023; diffusers' textual_inversion.py):
+#: ``imagenet_templates_small`` and ``imagenet_style_templates_small``, as data.
+OBJECT_TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+)
+STYLE_TEMPLATES = (
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a dirty painting in the style of {}",
+    "a dark painting in the style of {}", "a picture in the style of {}", "a cool painting in the style of {}",
+    "a close-up painting in the style of {}", "a bright painting in the style of {}",
+    "a cropped painting in the style of {}", "a good painting in the style of {}",
+    "a close-up painting in the style of {}", "a rendition in the style of {}", "a nice painting in the style of {}",
+    "a small painting in the style of {}", "a weird painting in the style of {}", "a large painting in the style of {}",
+)
 
 
 class TextualInversion(Probe):
@@ -44,9 +76,49 @@ class TextualInversion(Probe):
         initializer_token: str = "object"
         #: base-model images learned from (the authors: the base model's standard-probe images)
         num_train_images: int = Field(30, ge=1)
+        #: caption templates: ``object`` (27, what the authors ran for every concept) or ``style`` (19)
+        learnable_property: Literal["object", "style"] = "object"
+        #: probability of a horizontal flip per training sample (the recipe's 0.5)
+        flip_p: float = Field(0.5, ge=0.0, le=1.0)
 
     def placeholder(self) -> str:
         return "<" + self.ctx.concept.name.replace(" ", "-") + ">"
+
+    def templates(self) -> tuple[str, ...]:
+        return STYLE_TEMPLATES if self.params.learnable_property == "style" else OBJECT_TEMPLATES
+
+    def eval_items(self) -> list:
+        """The placeholder in the concept's templates, with the standard prompt's seeds (a
+        ``prompts_file``'s own seeds when one is given)."""
+        seeds = [s for _, s in self.items()]
+        return [(q, s) for (q, _), s in zip(self.items(word=self.placeholder()), seeds, strict=False)]
+
+    def draw(self, gen: torch.Generator, n_images: int) -> tuple[int, str, bool]:
+        """One training sample: (image index, caption, flipped)."""
+        i = int(torch.randint(n_images, (1,), generator=gen))
+        templates = self.templates()
+        caption = templates[int(torch.randint(len(templates), (1,), generator=gen))].format(self.placeholder())
+        flip = bool(torch.rand((), generator=gen) < self.params.flip_p)
+        return i, caption, flip
+
+    @staticmethod
+    def posteriors(pipe, images: np.ndarray, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled VAE posterior mean and std of each image, [N, 2 (as is, flipped), C, h, w]."""
+        means, stds = [], []
+        sf = pipe.vae.config.scaling_factor
+        for flip in (False, True):
+            m, sd = [], []
+            for a in range(0, len(images), chunk):
+                x = torch.from_numpy(np.asarray(images[a:a + chunk])).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+                if flip:
+                    x = x.flip(-1)
+                with torch.no_grad():
+                    dist = pipe.vae.encode(x.to(pipe.device, pipe.vae.dtype)).latent_dist
+                m.append(dist.mean.float() * sf)
+                sd.append(dist.std.float() * sf)
+            means.append(torch.cat(m))
+            stds.append(torch.cat(sd))
+        return torch.stack(means, 1), torch.stack(stds, 1)
 
     def learn(self, env: ProbeEnv):
         pipe = env.erased
@@ -57,70 +129,77 @@ class TextualInversion(Probe):
         pid = tok.convert_tokens_to_ids(ph)
         te.resize_token_embeddings(len(tok))
         emb = te.get_input_embeddings()
-        path = safe_join(env.artefacts, f"textual_inversion-{self.ctx.concept.name}.safetensors")
+        spec = self.params.model_dump(mode="json", exclude={"judge", "judge_params", "scoring"})
+        path = safe_join(env.artefacts, f"textual_inversion-{self.ctx.concept.name}-{short_hash(spec)}.safetensors")
         if path.is_file():
             from safetensors.torch import load_file
 
             emb.weight.data[pid] = load_file(str(path))["embedding"].to(emb.weight)
             return tok, te, pid, {"embedding": str(path), "cached": True}
-        init_ids = tok.encode(self.params.initializer_token, add_special_tokens=False)
-        with torch.no_grad():
-            emb.weight[pid] = emb.weight[init_ids].mean(0)
         p = self.params
+        init_ids = tok.encode(p.initializer_token, add_special_tokens=False)
+        # float32 master copy of the new row, whatever the text encoder's dtype
+        vec = emb.weight.detach()[init_ids].float().mean(0).clone().requires_grad_(True)
         train_items = self.items()[: p.num_train_images]
         images = self.standard_images(env, train_items, "base")
-        ph_prompts = [q for q, _ in self.items(word=ph)[: p.num_train_images]]
         gen = torch.Generator("cpu").manual_seed(self.ctx.seed)
-        latents = _sampling.encode(pipe, images, sample=True, generator=gen)
+        mean, std = self.posteriors(pipe, images)
+
+        def inject(_module, inputs, output):
+            mask = (inputs[0] == pid).unsqueeze(-1)
+            if not bool(mask.any()):
+                return output
+            return torch.where(mask, vec.to(output.dtype), output)
+
         te.requires_grad_(False)
-        emb.weight.requires_grad_(True)
-        keep = emb.weight.detach().clone()
-        frozen = torch.ones(len(tok), dtype=torch.bool)
-        frozen[pid] = False
         lr = p.learning_rate * (p.gradient_accumulation if p.scale_lr else 1)
-        opt = torch.optim.AdamW([emb.weight], lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        opt = torch.optim.AdamW([vec], lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
         sched = pipe.scheduler
-        alphas = sched.alphas_cumprod.to(latents.device)
+        alphas = sched.alphas_cumprod.to(mean.device)
         losses = []
         unet_grad = [q.requires_grad for q in pipe.unet.parameters()]
         pipe.unet.requires_grad_(False)
+        handle = emb.register_forward_hook(inject)
         try:
             for _step in range(p.train_steps):
                 total = 0.0
                 for _ in range(p.gradient_accumulation):
-                    i = int(torch.randint(len(latents), (1,), generator=gen))
-                    z = latents[i:i + 1]
+                    i, caption, flip = self.draw(gen, len(images))
+                    eps_vae = torch.randn(mean[i, int(flip)].shape, generator=gen).to(mean)
+                    z = (mean[i, int(flip)] + std[i, int(flip)] * eps_vae)[None].to(pipe.unet.dtype)
                     noise = torch.randn(z.shape, generator=gen).to(z)
                     t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen)
                     a = alphas[t].to(z)
                     x_t = a.sqrt() * z + (1 - a).sqrt() * noise
-                    ids = tok(ph_prompts[i], padding="max_length", max_length=tok.model_max_length,
+                    ids = tok(caption, padding="max_length", max_length=tok.model_max_length,
                               truncation=True, return_tensors="pt").input_ids.to(te.device)
                     cond = te(ids)[0].to(pipe.unet.dtype)
                     pred = pipe.unet(x_t, t.to(z.device), encoder_hidden_states=cond).sample
                     target = denoising_target(pipe, z, noise, t.to(z.device))
                     loss = F.mse_loss(pred.float(), target.float()) / p.gradient_accumulation
                     loss.backward()
-                    total += float(loss)
+                    total += float(loss.detach())
                 opt.step()
                 opt.zero_grad()
-                with torch.no_grad():
-                    emb.weight[frozen] = keep[frozen]
                 losses.append(total)
         finally:
+            handle.remove()
             for q, g in zip(pipe.unet.parameters(), unet_grad, strict=True):
                 q.requires_grad_(g)
-        emb.weight.requires_grad_(False)
+        if not torch.isfinite(vec).all():
+            raise RuntimeError("textual_inversion: the learned embedding is not finite")
+        with torch.no_grad():
+            emb.weight[pid] = vec.detach().to(emb.weight)
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding": emb.weight[pid].detach().cpu().contiguous()}, str(path))
+        save_file({"embedding": vec.detach().cpu().contiguous()}, str(path))
         return tok, te, pid, {"embedding": str(path), "cached": False,
                               "loss_first_last": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]}
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         tok, te, _, info = self.learn(env)
-        items = self.items(word=self.placeholder())
+        items = self.eval_items()
         cfg = env.erased.scheduler.config
 
         def sample(batch):
