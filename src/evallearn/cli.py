@@ -1,10 +1,14 @@
 """The ``eval-learn`` command line: thin — parse, call the API, print.
 
-User errors (:class:`evallearn.errors.UserError`) print one line and exit 2.
+User errors (:class:`evallearn.errors.UserError`) print one line per problem and exit 2, as do
+command-line usage errors and a full, read-only or missing output location. Ctrl-C exits 130
+with a line saying that what was written is kept and a rerun resumes.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import sys
 import warnings
@@ -78,21 +82,55 @@ def run(config: Path, set_: SetOpt = None) -> None:
 
 @app.command()
 def validate(config: Path, set_: SetOpt = None) -> None:
-    """Check CONFIG (keys, parameters, compatibility) without loading any weights."""
+    """Check CONFIG (keys, parameters, compatibility, device, sizes) without loading, building or
+    downloading any weights."""
     from .config import load_config
+    from .models.loading import no_fetch
     from .progress import working
     from .runner import prepare
 
-    with working(f"validate {config}"):
+    with no_fetch(), working(f"validate {config}"):
         plan = prepare(load_config(config, set_ or []))
-    out.print(f"ok: spec {plan.spec_hash} · {len(plan.requests)} images · {plan.run_dir}")
+    if plan.model.built:
+        out.print(f"ok: spec {plan.spec_hash} · {len(plan.requests)} images · {plan.run_dir}", soft_wrap=True)
+    else:
+        out.print(f"ok: {len(plan.requests)} images · spec and run folder known once model '{plan.model.ref}' "
+                  f"is built (the first run builds it in {plan.model.path.parent})", soft_wrap=True)
+
+
+def _check_results(path: Path) -> None:
+    """A one-line error naming ``path`` when it is not a results.json this version can read."""
+    try:
+        res = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"compare: {path} is not a readable results.json ({type(exc).__name__})") from None
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UserError(f"compare: {path}: {what} is missing or malformed")
+
+    need(isinstance(res, dict), "the top level")
+    for keys in (("run", "name"), ("technique", "name"), ("config", "concept", "name"), ("model", "ref")):
+        node = res
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        need(isinstance(node, str), ".".join(keys))
+    need(isinstance(res.get("metrics"), dict), "metrics")
+    for key, m in res["metrics"].items():
+        after = m.get("after") if isinstance(m, dict) else None
+        need(isinstance(after, dict) and (after.get("value") is None or isinstance(after.get("value"), int | float))
+             and not isinstance(after.get("value"), bool) and "higher_is_better" in after,
+             f"metrics.{key}.after")
+        need(m.get("delta") is None or isinstance(m.get("delta"), int | float), f"metrics.{key}.delta")
 
 
 @app.command()
 def compare(paths: Annotated[list[Path], typer.Argument(help="results.json files or folders holding them")]) -> None:
     """A leaderboard of several runs: each metric's value after erasure (Δ to the base model)."""
-    from .report.compare import duplicates, load_rows, render
+    from .report.compare import duplicates, find_results, load_rows, render
 
+    for path in find_results(paths):
+        _check_results(path)
     rows, metric_keys = load_rows(paths)
     for line in duplicates(rows):
         err.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -179,21 +217,53 @@ def _mount_probes() -> None:
 _mount_probes()
 
 
+INTERRUPTED = ("interrupted: everything written so far is kept (images, cached edits, finished results); "
+               "run the same command again to resume")
+
+#: OS errors that are about the user's disk or paths, not a bug: one line, exit 2
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST}
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="eval-learn")
     except UserError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        for line in str(exc).splitlines() or [""]:
+            _say(f"error: {line}")
         sys.exit(UserError.exit_code)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = "; free some space and run again: what was finished is kept" if exc.errno in (
+            errno.ENOSPC, errno.EDQUOT) else ""
+        _say(f"error: {where}{exc.strerror or os.strerror(exc.errno)}{hint}")
+        sys.exit(2)
     except Exception as exc:
         if _is_usage_error(exc):  # an unknown option, a missing argument, a bad value
-            exc.show()
+            message = exc.format_message()
+            if message:  # (none when the help was shown for a bare command)
+                _say(f"error: {message}{_help_hint(exc)}")
             sys.exit(2)
         raise
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        _say(INTERRUPTED)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _help_hint(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    return f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
 
 
 def _is_usage_error(exc: Exception) -> bool:

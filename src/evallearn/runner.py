@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from . import __version__, registry
-from .config import RunConfig, short_hash, spec_dict, spec_hash
-from .context import RunContext
+from .config import RunConfig, safe_join, short_hash, spec_dict, spec_hash
+from .context import RunContext, run_problems
 from .errors import UserError
 from .generation import Generator, GenRequest, dedupe
 from .judges.base import Judge
@@ -80,6 +80,9 @@ def prepare(config: RunConfig) -> Plan:
     resolved = config.model_copy(update={"technique": tech_ref, "metrics": tuple(metric_refs)})
 
     model = resolve_model(config.model)
+    problems = run_problems(config, model)  # device, image size, output folder: before any weights
+    if problems:
+        raise UserError("\n".join(problems))
     if resolved.sampler.guidance_scale is None:  # the model's own guidance, fixed before hashing
         sampler = resolved.sampler.model_copy(update={"guidance_scale": model.default_guidance})
         resolved = resolved.model_copy(update={"sampler": sampler})
@@ -99,7 +102,7 @@ def prepare(config: RunConfig) -> Plan:
     if problems:
         raise UserError("incompatible run: " + "; ".join(problems))
 
-    run_dir = Path(config.output_dir) / f"{config.name}-{run_hash(resolved, model)}"
+    run_dir = safe_join(config.output_dir, f"{config.name}-{run_hash(resolved, model)}")
     tech_spec = {k: spec_dict(resolved)[k] for k in ("model", "technique", "concept", "seed", "dtype")}
     tech_key = short_hash({**tech_spec, "fingerprint": model.fingerprint})
     ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques" / f"{tech_cls.name}-{tech_key}")
