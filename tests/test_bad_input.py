@@ -431,3 +431,19 @@ def test_unbuilt_tiny_random_is_described_as_it_is_built(tiny_pipe_dir):
             assert getattr(built, key) == value, key
     assert built.min_size == 2 * 2 * 2  # VAE factor 2, one halving, a 2x2 deepest level
     assert resolve_model("toy").min_size == 16  # VAE factor 2, two halvings: 8 px is a 1x1 bottleneck
+
+
+def test_disk_full_during_a_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from evallearn import runner
+
+    def full(config, console=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "results.json"))
+
+    monkeypatch.setattr(runner, "run", full)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(BASE)
+    code, out, err = main(["run", cfg], monkeypatch, capsys)
+    assert_one_error(code, out, err, "results.json: No space left on device")
+    assert "what was finished is kept" in err
