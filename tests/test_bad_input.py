@@ -107,6 +107,8 @@ CASES = [
     ("scheduler", "c.yaml", BASE + "sampler: {scheduler: foo}\n", [], "'sampler.scheduler'"),
     ("dtype", "c.yaml", BASE + "dtype: float64\n", [], "'dtype'"),
     ("batch_zero", "c.yaml", BASE + "sampler: {batch_size: 0}\n", [], "'sampler.batch_size'"),
+    ("eta_inf", "c.yaml", BASE + "sampler: {eta: .inf}\n", [], "'sampler.eta'"),
+    ("guidance_nan", "c.yaml", BASE, ["sampler.guidance_scale=.nan"], "'sampler.guidance_scale'"),
     ("output_dir_empty", "c.yaml", BASE + "output_dir: ''\n", [], "'output_dir'"),
     ("set_bad_yaml", "c.yaml", BASE, ["sampler.steps=[1"], "--set 'sampler.steps=[1'"),
     ("set_tab", "c.yaml", BASE, ["concept.name=a\tb"], "tab"),

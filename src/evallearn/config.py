@@ -137,12 +137,12 @@ class SamplerConfig(_Strict):
     scheduler: Literal["ddim", "pndm", "dpm++", "euler", "euler_a", "lms", "default"] = "ddim"
     steps: int = Field(20, ge=1, le=1000)
     #: None = the model's own (7.5 for Stable Diffusion, the toy model's measured best)
-    guidance_scale: float | None = Field(None, ge=0.0)
+    guidance_scale: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     #: None = the model's own size; otherwise a multiple of the model's VAE factor, at least half
     #: the model's own size (checked against the model by ``validate``)
     height: int | None = Field(None, ge=8, le=8192)
     width: int | None = Field(None, ge=8, le=8192)
-    eta: float = Field(0.0, ge=0.0)
+    eta: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     batch_size: int = Field(16, ge=1)
 
 
