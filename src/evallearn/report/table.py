@@ -78,20 +78,40 @@ def results_table(results: dict) -> Table:
                       "scored] · Δ = after − before · ↑/↓: the better direction",
               caption_justify="left")
     t.add_column("metric", justify="left")
-    t.add_column("before [95% CI]", justify="right")
-    t.add_column("after [95% CI]", justify="right")
-    t.add_column("Δ", justify="right")
-    t.add_column("n before / after", justify="right")
+    t.add_column("before\n[95% CI]", justify="right", no_wrap=True)
+    t.add_column("after\n[95% CI]", justify="right", no_wrap=True)
+    t.add_column("Δ", justify="right", no_wrap=True)
+    t.add_column("n\nbefore/after", justify="right", no_wrap=True)
+    any_bad = any((r or {}).get("nonfinite", 0) for m in results["metrics"].values()
+                  for r in (m["after"], m.get("before")))
+    if any_bad:
+        t.add_column("NaN, not\nscored", justify="right", no_wrap=True)
     for key, m in results["metrics"].items():
         a, b = m["after"], m["before"]
         delta = m.get("delta")
-        t.add_row(f"{key} {'↑' if a['higher_is_better'] else '↓'}", fmt_value(b), fmt_value(a),
-                  "–" if delta is None else f"{delta:+.3f}", f"{fmt_n(b)} / {fmt_n(a)}")
+        row = [f"{key} {'↑' if a['higher_is_better'] else '↓'}", _two_lines(b), _two_lines(a),
+               "–" if delta is None else f"{delta:+.3f}", f"{_n(b)}/{_n(a)}"]
+        if any_bad:
+            row.append(f"{_bad(b)}/{_bad(a)}")
+        t.add_row(*row)
     from ..probes.report import probe_rows
 
     for name, before, after, ci, delta, n in probe_rows(results):
-        t.add_row(name, before, f"{after} {ci}", delta, f"– / {n}")
+        t.add_row(name, before, f"{after}\n{ci}", delta, f"–/{n}", *(["–"] if any_bad else []))
     return t
+
+
+def _two_lines(r: dict | None) -> str:
+    """The value over its interval, so the table fits 80 columns."""
+    return fmt_value(r).replace(" [", "\n[", 1)
+
+
+def _n(r: dict | None) -> str:
+    return "–" if r is None else str(r.get("n", "?"))
+
+
+def _bad(r: dict | None) -> str:
+    return "–" if r is None else str(r.get("nonfinite", 0))
 
 
 def legend(results: dict) -> Text:
