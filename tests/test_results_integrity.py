@@ -101,3 +101,39 @@ def test_nonfinite_images_are_listed_never_scored_and_a_rerun_keeps_the_timings(
     assert {k: again["timings"][k] for k in phases} == {k: first["timings"][k] for k in phases}
     assert again["timings"]["attempts"] == 2 and set(again["timings"]["this_run"]) >= set(phases)
     assert again["technique"]["cached"] is True
+
+
+def test_a_metric_that_reads_images_by_position_gets_no_value_when_one_is_nonfinite(tmp_path):
+    from types import SimpleNamespace
+
+    from evallearn.generation import GenRequest
+    from evallearn.metrics.base import Metric, MetricResult
+    from evallearn.runner import score
+    from evallearn.store import ImageStore
+
+    class Mean(Metric):  # mean grey level of its images
+        def update(self, requests, images, judges):
+            self._append("grey", images.reshape(len(images), -1).mean(1))
+
+        def compute(self):
+            return self.mean_result("grey")
+
+    class ByPosition(Mean):
+        scores_each_image = False
+
+    class EachImage(Mean):
+        scores_each_image = True
+
+    store = ImageStore(tmp_path)
+    reqs = [GenRequest(f"p{i}", i) for i in range(3)]
+    for i, r in enumerate(reqs):
+        store.put(r.key, np.full((2, 2, 3), 10 * (i + 1), np.uint8),
+                  nonfinite={"nonfinite_pixels": 12} if i == 1 else None)
+    metrics = {"pos": ByPosition(None, None), "each": EachImage(None, None)}
+    plan = SimpleNamespace(metrics=metrics, ctx=SimpleNamespace(extras={"requests_by_metric": {
+        "pos": reqs, "each": reqs}}))
+    out = score(plan, store, SimpleNamespace(for_metric=lambda m: {}))
+    assert out["each"].value == 20.0 and out["each"].n == 2 and out["each"].nonfinite == 1  # (10 + 30) / 2
+    pos = out["pos"]
+    assert isinstance(pos, MetricResult) and pos.value is None and pos.n == 0 and pos.nonfinite == 1
+    assert "1 of its 3 images" in pos.details["no_value"]

@@ -177,18 +177,23 @@ def generate(plan: Plan, pipe, images: ImageStore, label: str, progress,
 
 
 def score(plan: Plan, images: ImageStore, judges: Judges) -> dict[str, MetricResult]:
-    """Each metric over its finite images only; a metric with none has no value (not 0)."""
+    """Each metric over its finite images only; a metric with none has no value (not 0), and so
+    has one that cannot score a subset (``scores_each_image`` False) as soon as one image is
+    non-finite."""
     results = {}
     for key, metric in plan.metrics.items():
         metric.reset()
         reqs = plan.ctx.extras["requests_by_metric"][key]
         finite = [r for r in reqs if images.flagged(r.key) is None]
-        if finite:
+        if finite and (len(finite) == len(reqs) or metric.scores_each_image):
             metric.update(finite, images.get_many([r.key for r in finite]), judges.for_metric(metric))
             result = metric.compute()
             result.nonfinite = len(reqs) - len(finite)
         else:
-            result = MetricResult.no_value(metric.higher_is_better, len(reqs))
+            result = MetricResult.no_value(metric.higher_is_better, len(reqs) - len(finite))
+            if finite:
+                result.details["no_value"] = (f"{len(reqs) - len(finite)} of its {len(reqs)} images were non-finite "
+                                              "and this metric scores its images only all together")
         result.details.setdefault("seeds", sorted({r.seed for r in reqs}))
         results[key] = result
     return results

@@ -23,6 +23,7 @@ class ClassifiedParams(Params):
 
 class ClassifiedMetric(Metric):
     Params = ClassifiedParams
+    scores_each_image = True
     #: role -> judge capabilities, any one of which the role needs (checked by ``validate``)
     judge_needs = {"classifier": ("classify",)}
 

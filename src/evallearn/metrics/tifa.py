@@ -28,6 +28,7 @@ class TIFA(Metric):
     description = "TIFA: VQA accuracy on each caption's multiple-choice questions, averaged over captions."
     paper = "Hu et al., ICCV 2023"
     higher_is_better = True
+    scores_each_image = True
     judge_needs = {"vqa": ("choose", "classify")}  # multiple-choice answers, or a pick among the choices
 
     class Params(Params):
