@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .engine import EngineConfig, image_spec
 from .errors import UserError
 
 #: a config file larger than this is refused before it is parsed
@@ -157,6 +158,8 @@ class RunConfig(_Strict):
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     sampler: SamplerConfig = SamplerConfig()
+    #: how the pipeline runs while generating (docs/performance.md); only ``precision`` is hashed
+    engine: EngineConfig = EngineConfig()
     output_dir: str = "runs"
     #: the untouched model scored as "before" (default: ``model``). Set it when ``model`` is an
     #: already-unlearned checkpoint evaluated with ``free_run``.
@@ -387,6 +390,9 @@ def spec_dict(config: RunConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     for key in _NOT_HASHED:
         data.pop(key, None)
+    data.pop("engine", None)  # only engine settings that change images are hashed, none at defaults
+    if image_spec(config):
+        data["engine"] = image_spec(config)
     return data
 
 

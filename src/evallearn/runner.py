@@ -25,6 +25,9 @@ import yaml
 from . import __version__, registry
 from .config import RunConfig, safe_join, short_hash, spec_dict, spec_hash
 from .context import RunContext, run_problems
+from .engine import applied as engine_applied
+from .engine import base_key as engine_base_key
+from .engine import record as engine_record
 from .errors import UserError
 from .generation import Generator, GenRequest, dedupe
 from .judges.base import Judge
@@ -160,18 +163,21 @@ def generate(plan: Plan, pipe, images: ImageStore, label: str, progress,
     """Every missing image of ``requests`` (default: the plan's), in the engine's fixed partition
     of that list. Non-finite images are stored with a flag (:meth:`ImageStore.put`)."""
     requests = plan.requests if requests is None else requests
-    engine = Generator(pipe, plan.config.device)
     todo = [r for r in requests if not images.has(r.key)]
     task = progress.add_task(f"generate ({label})", total=len(requests),
                              completed=len(requests) - len(todo), info="")
-    written = engine.generate(
-        requests,
-        have=lambda r: images.has(r.key),
-        put=lambda r, img: images.put(r.key, img),
-        put_nonfinite=lambda r, img, fault: images.put(r.key, img, nonfinite=fault),
-        batch_size=plan.config.sampler.batch_size,
-        progress=lambda n: progress.advance(task, n),
-    )
+    cfg = plan.config
+    with engine_applied(pipe, cfg.engine if todo else None, cfg.device, requests, cfg.sampler.batch_size) as eng:
+        written = Generator(pipe, cfg.device).generate(
+            requests,
+            have=lambda r: images.has(r.key),
+            put=lambda r, img: images.put(r.key, img),
+            put_nonfinite=lambda r, img, fault: images.put(r.key, img, nonfinite=fault),
+            batch_size=eng.batch_size,
+            progress=lambda n: progress.advance(task, n),
+        )
+    if todo:
+        engine_record(plan.ctx.extras, eng)
     progress.update(task, completed=len(requests))
     return written
 
@@ -219,7 +225,7 @@ def base_dir(plan: Plan) -> Path:
     base = c.base_model or c.model
     info = plan.model if base == c.model else resolve_model(base)
     key = short_hash({"model": base, "fingerprint": info.fingerprint, "dtype": c.dtype, "device": c.device,
-                      "batch_size": c.sampler.batch_size})
+                      "batch_size": c.sampler.batch_size, **engine_base_key(c)})
     return Path(c.output_dir) / "_base" / key
 
 
@@ -410,6 +416,8 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
         timings["total"] = round(time.perf_counter() - t_start, 3)
         compute = compute_timings(store.manifest())
         compute["this_run"] = dict(timings)
+        if "engine" in plan.ctx.extras:  # engine seconds (compile, auto batch probe), batch sizes, notes
+            compute["engine"] = plan.ctx.extras["engine"]
         results = {
             "run": {"name": cfg.name, "spec_hash": plan.spec_hash, "dir": str(plan.run_dir),
                     "eval_learn": __version__},
