@@ -203,9 +203,15 @@ def test_auto_batch_on_cuda_fits_free_memory(tiny_pipe_dir):
     from evallearn.models.loading import load_pipeline, resolve_model
 
     pipe = load_pipeline(resolve_model(str(tiny_pipe_dir)), "cuda")
+    from evallearn.engine import probe_per_image_bytes
+
+    per_image = probe_per_image_bytes(pipe, REQS[0], "cuda")
+    assert per_image > 0
     with applied(pipe, EngineConfig(batch_size="auto", max_auto_batch=1000), "cuda", REQS, 16) as state:
-        free, _ = torch.cuda.mem_get_info()
         assert 1 <= state.batch_size <= 1000 and "batch_size=auto" in state.notes[0]
+        # the chosen batch runs without running out of memory
+        many = [GenRequest("p", i, steps=2, height=64, width=64) for i in range(min(state.batch_size, 64))]
+        assert Generator(pipe, "cuda").run_batch(many).shape[0] == len(many)
 
 
 # -- compile: slow on CPU (about two minutes for the tiny UNet on one thread) ----------------
