@@ -187,6 +187,18 @@ def test_auto_batch_on_cpu_falls_back_to_the_sampler_batch(pipe):
         assert state.batch_size == 3
 
 
+def test_defaults_touch_nothing_and_other_pipelines_are_refused_by_name():
+    class Wrapper:  # a technique's pipeline-like object that is not a diffusers pipeline
+        def __call__(self, **kwargs):
+            raise AssertionError("not called")
+
+    with applied(Wrapper(), EngineConfig(batch_size=4), "cpu", REQS, 16) as state:
+        assert state.batch_size == 4 and state.timings == {}
+    with pytest.raises(UserError, match="engine: .*Wrapper has no unet, vae, components"):
+        with applied(Wrapper(), EngineConfig(channels_last=True), "cpu", REQS, 16):
+            pass
+
+
 def test_planned_shapes_for_compile_warmup(pipe):
     from evallearn.engine import _shapes
 

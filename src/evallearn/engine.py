@@ -333,6 +333,9 @@ def _auto_batch(pipe, engine: EngineConfig, device: str, requests: Sequence, fal
 # -- the context manager ---------------------------------------------------------------------
 
 
+_DEFAULT_OPTIONS = EngineConfig().model_dump(exclude={"batch_size", "max_auto_batch"})
+
+
 @contextmanager
 def applied(pipe, engine: EngineConfig | None = None, device: str = "cpu", requests: Sequence = (),
             batch_size: int = 16) -> Iterator[EngineState]:
@@ -347,6 +350,15 @@ def applied(pipe, engine: EngineConfig | None = None, device: str = "cpu", reque
     t0 = time.perf_counter()
     size = engine.batch_size if isinstance(engine.batch_size, int) else batch_size
     state = EngineState(batch_size=size)
+    if engine.model_dump(exclude={"batch_size", "max_auto_batch"}) == _DEFAULT_OPTIONS and engine.batch_size != "auto":
+        yield state  # nothing to put on the pipeline (which need not be a diffusers one)
+        return
+    missing = [a for a in ("unet", "vae", "components") if not hasattr(pipe, a)]
+    if missing:
+        from .errors import UserError
+
+        raise UserError(f"engine: options other than batch_size need a diffusers pipeline with a UNet and a VAE; "
+                        f"this {type(pipe).__name__} has no {', '.join(missing)}")
     swaps = _Swaps()
     unet = pipe.unet
     attn_before = fused_before = None
