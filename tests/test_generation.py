@@ -115,3 +115,32 @@ def test_base_images_are_keyed_by_batch_size_not_by_metric_order(tiny_pipe_dir, 
 
     assert base_dir(plan(1, [m1, m2])) != base_dir(plan(4, [m1, m2]))
     assert base_dir(plan(4, [m1, m2])) == base_dir(plan(4, [m2, m1]))
+
+
+def test_padded_generation_computes_every_image_in_a_full_batch(engine, monkeypatch):
+    """Base images are generated with ``pad``: the short last batch is filled up to the batch
+    size, so an image never depends on how many other requests happened to share its run."""
+    seen = []
+
+    def fake_sample(batch):
+        seen.append([r.prompt for r in batch])
+        return np.zeros((len(batch), 2, 2, 3), np.uint8), [None] * len(batch)
+
+    monkeypatch.setattr(engine, "sample", fake_sample)
+    reqs = [GenRequest(f"p{i}", i, steps=2, height=64, width=64) for i in range(5)]
+    put = []
+    assert engine.generate(reqs, lambda r: False, lambda r, im: put.append(r.prompt), 4, pad=True) == 5
+    assert put == [f"p{i}" for i in range(5)]
+    assert [len(b) for b in seen] == [4, 4] and seen[1] == ["p4"] * 4
+    seen.clear()
+    engine.generate(reqs, lambda r: False, lambda r, im: None, 4)
+    assert [len(b) for b in seen] == [4, 1]  # unpadded: the run's own images keep their partition
+
+
+def test_a_padded_lone_request_equals_it_in_a_full_batch_of_others(engine):
+    # at a fixed batch size a row's result does not depend on its neighbours
+    reqs = [GenRequest(f"q{i}", 10 + i, steps=3, height=64, width=64) for i in range(4)]
+    full = engine.run_batch([reqs[1], reqs[2], reqs[0], reqs[3]])[2]
+    got = {}
+    engine.generate([reqs[0]], lambda r: False, lambda r, im: got.setdefault(r.key, im), 4, pad=True)
+    assert np.array_equal(got[reqs[0].key], full)

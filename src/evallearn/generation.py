@@ -170,11 +170,19 @@ class Generator:
         batch_size: int,
         progress: Callable[[int], None] | None = None,
         put_nonfinite: Callable[[GenRequest, np.ndarray, dict[str, Any]], None] | None = None,
+        pad: bool = False,
     ) -> int:
         """Generate every request that ``have`` says is missing; ``put(request, image)`` stores
         each image. A request whose latents or pixels were NaN/inf goes to
         ``put_nonfinite(request, image, fault)`` instead (``fault`` says what was non-finite);
         without that callback it is stored like any other.
+
+        With ``pad``, a batch shorter than ``batch_size`` (the last of its settings group) is
+        filled up with copies of its last request whose images are dropped: every image is then
+        computed in a batch of exactly ``batch_size`` rows. Batched float kernels give a row the
+        same result whatever its neighbours at a fixed batch size, but may round differently at
+        another one, so a padded image depends on its request and ``batch_size`` alone, not on
+        which other requests happened to be generated with it (shared base-model images).
 
         Returns the number of images written.
         """
@@ -182,7 +190,9 @@ class Generator:
         for batch in plan_batches(requests, batch_size):
             missing = [r for r in batch if not have(r)]
             if missing:
-                images, faults = self.sample(batch)
+                filler = [batch[-1]] * (batch_size - len(batch)) if pad else []
+                images, faults = self.sample([*batch, *filler])
+                images, faults = images[: len(batch)], faults[: len(batch)]
                 for req, img, fault in zip(batch, images, faults, strict=True):
                     if not have(req):
                         if fault is None or put_nonfinite is None:

@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from . import __version__, registry
-from .config import RunConfig, safe_join, short_hash, spec_dict, spec_hash
+from .cache import Cache, component_spec, judge_spec, plain
+from .config import RunConfig, safe_join, short_hash, spec_hash
 from .context import RunContext, run_problems
 from .engine import applied as engine_applied
 from .engine import base_key as engine_base_key
@@ -34,8 +35,8 @@ from .judges.base import Judge
 from .metrics._judging import capability_problem
 from .metrics.base import Metric, MetricResult
 from .models.loading import ModelInfo, load_pipeline, resolve_model
-from .store import ImageStore, RunStore, atomic_write_json
-from .techniques.base import Technique
+from .store import ImageStore, RunStore
+from .techniques.base import Technique, technique_cache
 
 
 @dataclass
@@ -106,9 +107,10 @@ def prepare(config: RunConfig) -> Plan:
         raise UserError("incompatible run: " + "; ".join(problems))
 
     run_dir = safe_join(config.output_dir, f"{config.name}-{run_hash(resolved, model)}")
-    tech_spec = {k: spec_dict(resolved)[k] for k in ("model", "technique", "concept", "seed", "dtype")}
-    tech_key = short_hash({**tech_spec, "fingerprint": model.fingerprint})
-    ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques" / f"{tech_cls.name}-{tech_key}")
+    technique = tech_cls(tech_params)
+    ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques")
+    # the edit's entry, keyed by everything the technique declares it reads (techniques/base.py)
+    ctx.cache_dir = technique_cache(ctx).path(technique.cache_spec(ctx))
     metrics = {ref.key: cls(p, ctx) for ref, (cls, p) in zip(metric_refs, metric_params, strict=True)}
     if config.probes:  # a probe whose judge could not say "not the concept" is refused here
         from .probes.phase import check_probes
@@ -133,7 +135,7 @@ def prepare(config: RunConfig) -> Plan:
             raise UserError(f"config: metric '{key}' has no prompts to generate (check its params and concept)")
         per_metric[key] = reqs
         requests.extend(reqs)
-    plan = Plan(resolved, model, tech_cls(tech_params), metrics, dedupe(requests), run_dir, ctx)
+    plan = Plan(resolved, model, technique, metrics, dedupe(requests), run_dir, ctx)
     plan.ctx.extras["requests_by_metric"] = per_metric
     return plan
 
@@ -159,7 +161,7 @@ class Judges:
 
 
 def generate(plan: Plan, pipe, images: ImageStore, label: str, progress,
-             requests: list[GenRequest] | None = None) -> int:
+             requests: list[GenRequest] | None = None, pad: bool = False) -> int:
     """Every missing image of ``requests`` (default: the plan's), in the engine's fixed partition
     of that list. Non-finite images are stored with a flag (:meth:`ImageStore.put`)."""
     requests = plan.requests if requests is None else requests
@@ -175,6 +177,7 @@ def generate(plan: Plan, pipe, images: ImageStore, label: str, progress,
             put_nonfinite=lambda r, img, fault: images.put(r.key, img, nonfinite=fault),
             batch_size=eng.batch_size,
             progress=lambda n: progress.advance(task, n),
+            pad=pad,
         )
     if todo:
         engine_record(plan.ctx.extras, eng)
@@ -255,26 +258,40 @@ def before_phase(plan: Plan, pipe, judges: Judges, progress, log,
     bind_pipeline(plan, pipe, "before")
     root = base_dir(plan)
     images = ImageStore(root / "images")
-    written = generate(plan, pipe, images, "base model", progress, sorted(plan.requests, key=lambda r: r.key))
+    # padded batches: a shared base image depends on its request and the batch size only
+    written = generate(plan, pipe, images, "base model", progress, sorted(plan.requests, key=lambda r: r.key),
+                       pad=True)
     work["before"] = work.get("before", 0) + written
     log("base_images", written=written)
     out = {}
+    cache = Cache(root / "metrics")
     for key, metric in plan.metrics.items():
         reqs = plan.ctx.extras["requests_by_metric"][key]
-        mkey = short_hash({"metric": metric.name, "params": metric.params.model_dump(mode="json"),
-                           "judges": {r: j.key for r, j in metric.judge_refs().items()},
-                           "requests": [r.key for r in reqs]})
-        path = root / "metrics" / f"{metric.name}-{mkey}.json"
-        if path.exists():
-            import json
+        spec = base_metric_spec(plan, metric, judges.for_metric(metric), reqs, root)
 
-            out[key] = MetricResult(**json.loads(path.read_text()))
-            continue
-        single = Plan(plan.config, plan.model, plan.technique, {key: metric}, reqs, plan.run_dir, plan.ctx)
-        out[key] = score(single, images, judges)[key]
-        work["before"] = work.get("before", 0) + 1
-        atomic_write_json(path, out[key].to_dict())
+        def compute(key=key, metric=metric, reqs=reqs):
+            single = Plan(plan.config, plan.model, plan.technique, {key: metric}, reqs, plan.run_dir, plan.ctx)
+            work["before"] = work.get("before", 0) + 1
+            return score(single, images, judges)[key].to_dict()
+
+        value, _ = cache.get_or_compute(spec, compute)
+        out[key] = MetricResult(**value)
     return out
+
+
+def base_metric_spec(plan: Plan, metric: Metric, metric_judges: dict[str, Judge], requests: list[GenRequest],
+                     root: Path) -> dict[str, Any]:
+    """The complete key of a base-model metric value: the metric (name, version, params), the
+    concept it reads, each judge as resolved (spec incl. rule preset, version, weights
+    fingerprint), the base model's weights and image settings (``root``, :func:`base_dir`) and
+    the requests scored."""
+    c = plan.config
+    base = c.base_model or c.model
+    info = plan.model if base == c.model else resolve_model(base)
+    return {"kind": "base_metric", **component_spec(metric), "concept": plain(plan.ctx.concept),
+            "judges": {role: judge_spec(j) for role, j in sorted(metric_judges.items())},
+            "model": {"ref": base, "fingerprint": info.fingerprint}, "images": root.name,
+            "requests": [r.key for r in requests]}
 
 
 def environment(device: str) -> dict[str, Any]:
