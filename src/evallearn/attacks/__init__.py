@@ -3,23 +3,15 @@
 Each attack is an :class:`~.base.Attack` with paper-default budgets as parameters; results are
 cached by spec hash (attack, params, target prompts, target model) and can be written to / read
 from a CSV of precomputed prompts. The ``asr`` metric runs them (``attack: {name, params}``).
+Attacks are registered through the ``evallearn.attacks`` entry-point group, like every other
+component (see :data:`evallearn.registry.attacks`).
 """
 
-ATTACKS = {
-    "ring_a_bell": "evallearn.attacks.ring_a_bell:RingABell",
-    "mma_diffusion": "evallearn.attacks.mma_diffusion:MMADiffusion",
-    "p4d": "evallearn.attacks.p4d:P4D",
-}
+from __future__ import annotations
 
 
 def get_attack(name: str):
-    import importlib
+    """The attack class registered as ``name`` (one-line error listing the known ones)."""
+    from ..registry import attacks
 
-    from ..errors import UserError
-
-    if name not in ATTACKS:
-        raise UserError(f"unknown attack '{name}'; known: {', '.join(ATTACKS)}")
-    module, cls = ATTACKS[name].split(":")
-    obj = getattr(importlib.import_module(module), cls)
-    obj.name = name
-    return obj
+    return attacks.get(name)

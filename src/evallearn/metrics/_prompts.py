@@ -3,23 +3,10 @@ templates over the concept's name, synonyms and retain concepts elsewhere."""
 
 from __future__ import annotations
 
+from ..concept_sets import is_toy, retain_concepts  # noqa: F401  (re-exported for the metrics)
 from ..context import RunContext
 
 DEFAULT_TEMPLATES = ("a photo of a {}", "an image of a {}")
-
-
-def is_toy(ctx: RunContext) -> bool:
-    return "toy" in ctx.model.tags
-
-
-def retain_concepts(ctx: RunContext) -> list[str]:
-    if ctx.concept.retain:
-        return list(ctx.concept.retain)
-    if is_toy(ctx):
-        from ..toyworld import toy_concept
-
-        return list(toy_concept(ctx.concept.name).retain_concepts)
-    return []
 
 
 def concept_prompts(ctx: RunContext, concept: str, which: str, templates=DEFAULT_TEMPLATES) -> list[str]:

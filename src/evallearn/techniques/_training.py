@@ -288,7 +288,7 @@ def retain_words(ctx, prompts: Sequence[str] | None, templates: Sequence[str] = 
     world's other shapes on the toy model)."""
     if prompts is not None:
         return [p for p in prompts if p.strip()]
-    from ..metrics._prompts import retain_concepts
+    from ..concept_sets import retain_concepts
 
     return [t.format(c) for c in retain_concepts(ctx) for t in templates]
 

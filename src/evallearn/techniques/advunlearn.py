@@ -205,7 +205,7 @@ class AdvUnlearn(Technique):
 
 
 def default_retain(ctx) -> list[str]:
-    from ..metrics._prompts import retain_concepts
+    from ..concept_sets import retain_concepts
 
     if T.is_toy(ctx):
         return [q for c in retain_concepts(ctx) for q in T.caption_prompts(ctx, c)]
