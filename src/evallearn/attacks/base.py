@@ -13,13 +13,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from ..components import Component, Params
 from ..config import short_hash
 from ..store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Attack(Component):
@@ -90,6 +91,8 @@ def encode(text_encoder, ids: torch.Tensor, token_embeds: torch.Tensor | None = 
 
 def vocabulary_ids(tokenizer, words: tuple[str, ...] = ()) -> torch.Tensor:
     """Token ids an attack may use: every ordinary token, or those making up ``words``."""
+    import torch
+
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     if words:
         ids = sorted({i for w in words for i in tokenizer(w, add_special_tokens=False).input_ids} - special)
@@ -106,6 +109,8 @@ def banned_ids(tokenizer, words: tuple[str, ...]) -> set[int]:
 
 def wrap(tokenizer, body: torch.Tensor) -> torch.Tensor:
     """[B, n] token ids -> [B, 77]: BOS, the ids, EOS, EOS padding."""
+    import torch
+
     b, n = body.shape
     length = tokenizer.model_max_length
     out = torch.full((b, length), tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id,

@@ -16,11 +16,15 @@ The attacked text encoder is the *unlearned* pipeline's (the peer attacked the s
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from ..components import Params
 from .base import Attack, banned_ids, decode, encode, token_ids, vocabulary_ids, wrap
+
+if TYPE_CHECKING:
+    import torch
 
 SENSITIVE_WORDS = ("sexual", "nude", "nudity", "sex", "18+", "naked", "nsfw", "porn", "dick", "vagina",
                    "explicit content", "uncensored", "fuck", "nipples", "breast", "areola", "ak", "na", "ke", "nud")
@@ -43,6 +47,8 @@ class MMADiffusion(Attack):
         seed: int = 0
 
     def allowed(self, tokenizer, ctx) -> torch.Tensor:
+        import torch
+
         words = list(self.params.banned_words)
         if ctx is not None:
             words += [ctx.concept.name, *ctx.concept.synonyms]
@@ -55,6 +61,8 @@ class MMADiffusion(Attack):
         return mask
 
     def losses(self, pipe, bodies: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch
+
         out = []
         with torch.no_grad():
             for i in range(0, len(bodies), self.params.batch_size):
@@ -64,6 +72,8 @@ class MMADiffusion(Attack):
         return torch.cat(out).cpu()
 
     def gradient(self, pipe, body: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch
+
         te = pipe.text_encoder
         weight = te.get_input_embeddings().weight
         ids = wrap(pipe.tokenizer, body[None]).to(weight.device)
@@ -82,6 +92,8 @@ class MMADiffusion(Attack):
         return len(again) == len(body)
 
     def attack(self, pipe, targets, ctx=None, base_pipe=None, seeds=None):
+        import torch
+
         p = self.params
         tok = pipe.tokenizer
         allowed = self.allowed(tok, ctx)

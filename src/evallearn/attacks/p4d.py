@@ -28,13 +28,16 @@ which is returned unchanged.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
+from .._torch import no_grad
 from ..components import Params
 from .base import Attack, decode, encode, token_ids, vocabulary_ids
+
+if TYPE_CHECKING:
+    import torch
 
 #: the transformers port of the authors' open_clip ViT-H-14 (laion2b_s32b_b79k)
 P4D_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -63,6 +66,8 @@ class P4D(Attack):
 
     def layout(self, tok, target: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids of the prompt body, mask of the learnable positions)."""
+        import torch
+
         p = self.params
         if p.variant == "n":
             return torch.zeros(p.n_tokens, dtype=torch.long), torch.ones(p.n_tokens, dtype=torch.bool)
@@ -86,8 +91,10 @@ class P4D(Attack):
 
         return auto_clip_ref(getattr(ctx, "model", None), default=P4D_CLIP)
 
-    @torch.no_grad()
+    @no_grad
     def generate(self, pipe, prompt: str, ctx, seed: int, output_type: str):
+        import torch
+
         kw = {}
         if ctx is not None:
             kw = dict(num_inference_steps=ctx.config.sampler.steps, guidance_scale=ctx.config.sampler.guidance_scale,
@@ -96,6 +103,8 @@ class P4D(Attack):
         return pipe(prompt=[prompt], generator=[g], output_type=output_type, **kw).images
 
     def attack(self, pipe, targets, ctx=None, base_pipe=None, seeds=None):
+        import torch
+
         if base_pipe is None or base_pipe is pipe:
             return [(t, 0.0) for t in targets]
         from ..generation import to_uint8

@@ -19,13 +19,18 @@ search may use (empty = the whole vocabulary, as in the paper).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from pydantic import Field
 
+from .._torch import no_grad
 from ..components import Params
 from ..errors import UserError
 from .base import Attack, decode, encode, token_ids, vocabulary_ids, wrap
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RingABell(Attack):
@@ -47,8 +52,10 @@ class RingABell(Attack):
         batch_size: int = Field(256, ge=1)
         seed: int = 0
 
-    @torch.no_grad()
+    @no_grad
     def concept_vector(self, pipe, ctx=None) -> torch.Tensor:
+        import torch
+
         from ..datasets.ring_a_bell import RingABellPairs
 
         ds = RingABellPairs(RingABellPairs.Params(source=self.params.pairs))
@@ -63,8 +70,10 @@ class RingABell(Attack):
             diffs.append((a - b).float())
         return torch.cat(diffs).mean(0)
 
-    @torch.no_grad()
+    @no_grad
     def fitness(self, pipe, population: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch
+
         out = []
         for i in range(0, len(population), self.params.batch_size):
             ids = wrap(pipe.tokenizer, population[i : i + self.params.batch_size]).to(target.device)
@@ -73,6 +82,8 @@ class RingABell(Attack):
         return torch.cat(out).cpu()
 
     def search(self, pipe, target: torch.Tensor, pool: torch.Tensor, rng: np.random.Generator):
+        import torch
+
         p = self.params
         k = p.length
         population = pool[torch.from_numpy(rng.integers(0, len(pool), size=(p.population, k)))]
@@ -98,6 +109,8 @@ class RingABell(Attack):
         return population[0], float(loss[0])
 
     def attack(self, pipe, targets, ctx=None, base_pipe=None, seeds=None):
+        import torch
+
         vector = self.concept_vector(pipe, ctx)
         pool = vocabulary_ids(pipe.tokenizer, self.params.token_pool)
         if len(pool) == 0:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 def denoising_target(scheduler_or_pipe, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .tokenizer import load_clip_tokenizer
 
 
@@ -24,6 +22,7 @@ def clip_text_config(hidden_size: int, intermediate_size: int = 37, heads: int =
 
 def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 32):
     """A random ``StableDiffusionPipeline`` (latent ``sample_size``, VAE factor 2, DDIM)."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -75,6 +74,7 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_siz
 
 def build_tiny_clip(seed: int = 0, projection_dim: int = 16, image_size: int = 32):
     """A random ``CLIPModel`` + ``CLIPProcessor`` with the real CLIP tokenizer."""
+    import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)

@@ -10,14 +10,19 @@ classifier-guided noise path drew it from the unseeded global CUDA RNG).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..generation import to_uint8
 
+if TYPE_CHECKING:
+    import torch
+
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+    import torch
+
     ch = pipe.unet.config.in_channels
     f = pipe.vae_scale_factor
     dtype = pipe.unet.dtype
@@ -27,6 +32,8 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
 
 
 def step_generators(seeds: Sequence[int], offset: int = 1) -> list[torch.Generator]:
+    import torch
+
     return [torch.Generator("cpu").manual_seed(int(s) + offset) for s in seeds]
 
 
@@ -45,6 +52,8 @@ def run(pipe, items, scheduler, *, latents=None, output_type: str = "np", **kwar
 
 
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         img = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
     return to_uint8((img / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy())
@@ -52,6 +61,8 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
 
 def encode(pipe, images: np.ndarray, sample: bool = False, generator=None) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> scaled VAE latents (posterior mean, or a sample)."""
+    import torch
+
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     x = x.to(pipe.device, pipe.vae.dtype)
     with torch.no_grad():

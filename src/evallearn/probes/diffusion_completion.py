@@ -19,7 +19,6 @@ i.e. its own full DDIM run from the same latents — the rate the hand-over star
 from __future__ import annotations
 
 import numpy as np
-from diffusers import DDIMScheduler
 from pydantic import Field
 
 from ..errors import UserError
@@ -58,6 +57,8 @@ class DiffusionCompletion(Probe):
     def base_control(self, env: ProbeEnv, items) -> np.ndarray:
         """The base model's full DDIM run of the same (prompt, seed) trajectories, stored with the
         base model's images (shared by every run on the base model)."""
+        from diffusers import DDIMScheduler
+
         keys = [self.key("completion_base", {}, it) for it in items]
         todo = [i for i, key in enumerate(keys) if not env.base_images.has(key)]
         for a in range(0, len(todo), env.batch_size):

@@ -28,11 +28,9 @@ the training settings and reused by a rerun with the same settings.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import safe_join, short_hash
@@ -40,6 +38,9 @@ from ..generation import make_scheduler
 from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
+
+if TYPE_CHECKING:
+    import torch
 
 #: Captions of the textual-inversion recipe (Gal et al., 2023; diffusers' textual_inversion.py):
 #: ``imagenet_templates_small`` and ``imagenet_style_templates_small``, as data.
@@ -95,6 +96,8 @@ class TextualInversion(Probe):
 
     def draw(self, gen: torch.Generator, n_images: int) -> tuple[int, str, bool]:
         """One training sample: (image index, caption, flipped)."""
+        import torch
+
         i = int(torch.randint(n_images, (1,), generator=gen))
         templates = self.templates()
         caption = templates[int(torch.randint(len(templates), (1,), generator=gen))].format(self.placeholder())
@@ -104,6 +107,8 @@ class TextualInversion(Probe):
     @staticmethod
     def posteriors(pipe, images: np.ndarray, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled VAE posterior mean and std of each image, [N, 2 (as is, flipped), C, h, w]."""
+        import torch
+
         means, stds = [], []
         sf = pipe.vae.config.scaling_factor
         for flip in (False, True):
@@ -121,6 +126,9 @@ class TextualInversion(Probe):
         return torch.stack(means, 1), torch.stack(stds, 1)
 
     def learn(self, env: ProbeEnv):
+        import torch
+        import torch.nn.functional as F
+
         pipe = env.erased
         tok = copy.deepcopy(pipe.tokenizer)
         te = copy.deepcopy(pipe.text_encoder)

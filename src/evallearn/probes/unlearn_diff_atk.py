@@ -31,16 +31,18 @@ early stop is made here, so every item runs the full budget.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..generation import make_scheduler
 from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
+
+if TYPE_CHECKING:
+    import torch
 
 #: concept kinds the authors attack with 5 tokens (their nudity / violence / illegal configs)
 FIVE_TOKEN_KINDS = ("nudity", "violence")
@@ -50,6 +52,8 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each row of ``v`` onto {u : u ≥ 0, Σu = 1} (sort-based, exact;
     Held et al. 1974, Duchi et al. 2008). An upper bound of 1 per entry, as in the paper's
     bisection, never binds on this set."""
+    import torch
+
     u, _ = torch.sort(v, dim=-1, descending=True)
     css = u.cumsum(-1) - 1.0
     ind = torch.arange(1, v.shape[-1] + 1, device=v.device, dtype=v.dtype)
@@ -69,17 +73,24 @@ class TextGradOptimizer:
 
     def __init__(self, k: int, vocab_size: int, lr: float, weight_decay: float, generator: torch.Generator,
                  device="cpu") -> None:
+        import torch
+
         self.probs = torch.full((k, vocab_size), 1.0 / vocab_size, device=device, requires_grad=True)
         self.opt = torch.optim.Adam([self.probs], lr=lr, weight_decay=weight_decay)
         self.generator = generator
 
     def sample(self) -> torch.Tensor:
         """A one-hot draw [k, V] (float32, a leaf that takes gradients)."""
+        import torch
+        import torch.nn.functional as F
+
         idx = torch.multinomial(self.probs.detach().cpu(), 1, generator=self.generator).squeeze(1)
         return F.one_hot(idx, self.probs.shape[1]).float().to(self.probs.device).requires_grad_(True)
 
     def step(self, one_hot_grad: torch.Tensor) -> None:
         """Adam on the probabilities with the clipped one-hot gradient, then back onto the simplex."""
+        import torch
+
         self.probs.grad = one_hot_grad.detach().float().clamp(-1.0, 1.0)
         self.opt.step()
         self.opt.zero_grad()
@@ -117,6 +128,8 @@ class UnlearnDiffAtk(Probe):
         return timestep_sweep(pipe.scheduler.config.num_train_timesteps, self.params.num_timesteps)
 
     def _prompt_ids(self, tok, prompt: str, k: int, device) -> torch.Tensor:
+        import torch
+
         ids = tok(prompt, padding="max_length", max_length=tok.model_max_length - k, truncation=True,
                   return_tensors="pt").input_ids[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else int(ids[-1])
@@ -124,6 +137,9 @@ class UnlearnDiffAtk(Probe):
 
     def attack(self, env: ProbeEnv, item, target: np.ndarray) -> dict:
         """Optimise the tokens for one item; returns each round's token ids and mean loss."""
+        import torch
+        import torch.nn.functional as F
+
         pipe = env.erased
         tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
         p = self.params
@@ -176,6 +192,8 @@ class UnlearnDiffAtk(Probe):
         return {"rounds": rounds, "num_tokens": k}
 
     def round_embeds(self, env: ProbeEnv, item, token_ids: list[int]) -> torch.Tensor:
+        import torch
+
         te = env.erased.text_encoder
         ids = self._prompt_ids(env.erased.tokenizer, item[0], len(token_ids), te.device)
         ids[0, 1:1 + len(token_ids)] = torch.tensor(token_ids)
@@ -183,6 +201,8 @@ class UnlearnDiffAtk(Probe):
             return te(ids)[0]
 
     def run(self, env: ProbeEnv) -> ProbeResult:
+        import torch
+
         items = self.items()
         meta_path = env.artefacts / "unlearn_diff_atk_prompts.json"
         stored: dict[str, dict] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

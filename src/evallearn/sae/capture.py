@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+from .._torch import no_grad
+
+if TYPE_CHECKING:
+    import torch
 
 
 def first(output):
     """The tensor of a module's output (tuples and diffusers/transformers output objects)."""
+    import torch
+
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, tuple | list):
@@ -27,6 +33,8 @@ def first(output):
 
 
 def replace_first(output, value: torch.Tensor):
+    import torch
+
     if isinstance(output, torch.Tensor):
         return value
     if isinstance(output, tuple):
@@ -70,9 +78,11 @@ def hooked(module, hook):
         handle.remove()
 
 
-@torch.no_grad()
+@no_grad
 def text_activations(pipe, prompts: Sequence[str], layer: int | None = None, batch_size: int = 64) -> torch.Tensor:
     """Layer outputs [len(prompts), 77, d] (every position, padding included, as the UNet sees 77)."""
+    import torch
+
     module, _ = text_layer(pipe.text_encoder, layer)
     out: list[torch.Tensor] = []
     tok = pipe.tokenizer
@@ -84,11 +94,13 @@ def text_activations(pipe, prompts: Sequence[str], layer: int | None = None, bat
     return torch.cat(out)
 
 
-@torch.no_grad()
+@no_grad
 def unet_activations(pipe, prompts: Sequence[str], hookpoint: str, steps: int, guidance_scale: float,
                      seeds: Sequence[int], height: int | None = None, width: int | None = None,
                      batch_size: int = 32) -> torch.Tensor:
     """Conditional-half block outputs [len(prompts), steps, H·W, C] of CFG generations."""
+    import torch
+
     module = unet_module(pipe.unet, hookpoint)
     result = []
     for s in range(0, len(prompts), batch_size):

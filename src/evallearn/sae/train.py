@@ -11,10 +11,13 @@ Steerers and 16 for SAeUron); the number of steps and the batch are the budget.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
+from .._torch import no_grad
 from .model import SAEConfig, TopKSAE
+
+if TYPE_CHECKING:
+    import torch
 
 
 def train_sae(acts: torch.Tensor, expansion: int = 4, k: int = 32, steps: int = 2000, batch_size: int = 4096,
@@ -22,12 +25,16 @@ def train_sae(acts: torch.Tensor, expansion: int = 4, k: int = 32, steps: int = 
               seed: int = 0, hookpoint: str = "", meta: dict | None = None,
               log: Callable[[int, float], None] | None = None) -> TopKSAE:
     """Train on ``acts`` [N, d] (rows are sampled with replacement, seeded)."""
+    import torch
+
     with torch.enable_grad():
         return _train(acts.float(), expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_after, seed, hookpoint,
                       meta, log)
 
 
 def _train(acts, expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_after, seed, hookpoint, meta, log):
+    import torch
+
     n, d = acts.shape
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -66,7 +73,7 @@ def _train(acts, expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_afte
     return sae.eval()
 
 
-@torch.no_grad()
+@no_grad
 def fraction_of_variance_unexplained(sae: TopKSAE, acts: torch.Tensor) -> float:
     acts = acts.float()
     err = (acts - sae(acts)).pow(2).sum(-1).mean()

@@ -4,7 +4,11 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = ["CrossAttnProcessor", "set_cross_processors"]
 
@@ -19,10 +23,13 @@ class CrossAttnProcessor:
     """
 
     def __init__(self, lora_k=None, lora_v=None, recorder=None) -> None:
+
         self.lora_k, self.lora_v, self.recorder = lora_k, lora_v, recorder
         self.token_bias: torch.Tensor | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        import torch
+
         residual = hidden_states
         input_ndim = hidden_states.ndim
         if input_ndim == 4:

@@ -11,9 +11,13 @@ accumulates the two sums for one projection; :func:`solve` returns ``W'``.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from .._torch import no_grad
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cross_attention_layers(unet, who: str = "technique") -> list:
@@ -42,7 +46,7 @@ def tokenize(pipe, texts: list[str]):
                return_tensors="pt")
 
 
-@torch.no_grad()
+@no_grad
 def embed(pipe, texts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states ``[N, 77, d]`` as the UNet sees them (float32)."""
     ids = tokenize(pipe, texts).input_ids.to(pipe.text_encoder.device)
@@ -58,6 +62,8 @@ class Normal:
     """Running sums ``Σ s V Cᵀ`` (out × d) and ``Σ s C Cᵀ`` (d × d) for one projection, float64."""
 
     def __init__(self, out_dim: int, in_dim: int, device="cpu") -> None:
+        import torch
+
         self.vc = torch.zeros(out_dim, in_dim, dtype=torch.float64, device=device)
         self.cc = torch.zeros(in_dim, in_dim, dtype=torch.float64, device=device)
 
@@ -78,6 +84,8 @@ class Normal:
 def solve(w0: torch.Tensor, normal: Normal, lamb: float) -> torch.Tensor:
     """``(λ W0 + Σ V Cᵀ)(λ I + Σ C Cᵀ)⁻¹`` in float64 (``solve`` with a symmetric matrix, not an
     inverse; a pseudo-inverse if the system is singular, e.g. λ = 0 with too few columns)."""
+    import torch
+
     w = w0.detach().to(normal.vc)
     eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
     lhs = lamb * w + normal.vc
@@ -88,6 +96,6 @@ def solve(w0: torch.Tensor, normal: Normal, lamb: float) -> torch.Tensor:
         return lhs @ torch.linalg.pinv(rhs, hermitian=True)
 
 
-@torch.no_grad()
+@no_grad
 def set_weight(proj: torch.nn.Linear, weight: torch.Tensor) -> None:
     proj.weight.copy_(weight.to(proj.weight.dtype))

@@ -19,12 +19,14 @@ import copy
 import random
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
+from .._torch import no_grad
 from ..components import Params
 from ..models.prediction import denoising_target
+
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["no", "fp16", "bf16"]
 
@@ -84,6 +86,8 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, kind: str = "adam", **kw):
+    import torch
+
     params = list(params)
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, **kw)
@@ -95,12 +99,16 @@ class Precisioned:
     """Autocast + (fp16) grad scaling on CUDA; a no-op elsewhere."""
 
     def __init__(self, device: torch.device | str, precision: str = "no") -> None:
+        import torch
+
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
 
     def autocast(self):
+        import torch
+
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
@@ -109,6 +117,8 @@ class Precisioned:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, opt: torch.optim.Optimizer, params=None, max_grad_norm: float | None = None) -> None:
+        import torch
+
         if self.scaler:
             self.scaler.unscale_(opt)
         if max_grad_norm and params is not None:
@@ -134,6 +144,8 @@ def setup_execution(pipe, params: TrainingParams, modules: Sequence[str] = ("une
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
@@ -148,6 +160,8 @@ def token_ids(pipe, prompts: Sequence[str]) -> torch.Tensor:
 
 def encode(pipe, prompts: Sequence[str], text_encoder=None, grad: bool = False) -> torch.Tensor:
     """Last hidden states ``[N, 77, d]`` of ``prompts`` (SD's conditioning)."""
+    import torch
+
     enc = text_encoder or pipe.text_encoder
     ctx = nullcontext() if grad else torch.no_grad()
     with ctx:
@@ -193,6 +207,8 @@ def ddim_scheduler(pipe, steps: int):
 
 
 def predict(unet, latents, t, cond, autocast=nullcontext) -> torch.Tensor:
+    import torch
+
     with autocast():
         t = torch.as_tensor(t, device=latents.device)
         if t.ndim == 0:
@@ -200,11 +216,13 @@ def predict(unet, latents, t, cond, autocast=nullcontext) -> torch.Tensor:
         return unet(latents, t, encoder_hidden_states=cond.to(latents.device)).sample.float()
 
 
-@torch.no_grad()
+@no_grad
 def ddim_sample_until(unet, sched, cond, uncond, guidance: float, start: torch.Tensor, stop: int,
                       autocast=nullcontext) -> torch.Tensor:
     """DDIM (η = 0) with classifier-free guidance from pure noise ``start`` for ``stop`` steps of
     ``sched.timesteps``; returns ``x`` at noise level ``sched.timesteps[stop]``."""
+    import torch
+
     x = start * sched.init_noise_sigma
     n = x.shape[0]
     cond = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
@@ -220,6 +238,7 @@ def ddim_sample_until(unet, sched, cond, uncond, guidance: float, start: torch.T
 def add_noise(pipe, latents: torch.Tensor, generator: torch.Generator,
               t_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DDPM forward process: ``(x_t, noise, t)`` with ``t`` uniform on the training timesteps."""
+    import torch
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -230,15 +249,18 @@ def add_noise(pipe, latents: torch.Tensor, generator: torch.Generator,
 
 
 def randn(shape, generator: torch.Generator, device) -> torch.Tensor:
+    import torch
+
     return torch.randn(shape, generator=generator).to(device)
 
 
 # -- training images ----------------------------------------------------------------------------------
-@torch.no_grad()
+@no_grad
 def generate_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
                      height: int, width: int, batch: int = 8, eta: float = 0.0, label: str = "") -> torch.Tensor:
     """Images of ``prompts`` from the (base) pipeline, decoded to pixels and re-encoded with the
     VAE (as a training script reading the saved images would), as scaled latents ``[N, C, h, w]``."""
+    import torch
     from diffusers import DDIMScheduler
 
     saved = pipe.scheduler
@@ -260,9 +282,11 @@ def generate_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: 
     return torch.cat(out)
 
 
-@torch.no_grad()
+@no_grad
 def encode_images(pipe, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pixels in [-1, 1] → VAE latents (a sample of the posterior, scaled)."""
+    import torch
+
     vae = pipe.vae
     dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
     z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
@@ -271,6 +295,8 @@ def encode_images(pipe, pixels: torch.Tensor, generator: torch.Generator | None 
 
 def hflip(latents: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
     """Random horizontal flips (flipping the latent equals flipping the image up to the VAE)."""
+    import torch
+
     flip = torch.rand(latents.shape[0], generator=generator) < p
     return torch.where(flip.view(-1, 1, 1, 1).to(latents.device), latents.flip(-1), latents)
 
@@ -310,6 +336,7 @@ def text_to_image_finetune(pipe, latents: torch.Tensor, prompts: Sequence[str], 
     ascent), as diffusers' ``train_text_to_image.py``: AdamW (β 0.9/0.999, wd 1e-2, ε 1e-8),
     constant lr, gradient accumulation, gradient clipping, optional EMA whose weights are the
     result. ``updates`` counts optimiser updates (micro-batches = updates × grad_accum)."""
+    import torch
     from diffusers.training_utils import EMAModel
 
     from ..progress import progress_bar

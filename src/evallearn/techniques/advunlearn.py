@@ -29,7 +29,6 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from ..components import Supports, kinds
@@ -89,6 +88,8 @@ class AdvUnlearn(Technique):
         self.edits = ("text_encoder",) if params.train_method.startswith("text_encoder") else ("unet",)
 
     def apply(self, pipe, ctx: RunContext):
+        import torch
+
         p = self.params
         gen = T.seed_everything(ctx.seed)
         rng = random.Random(ctx.seed)
@@ -170,6 +171,8 @@ class AdvUnlearn(Technique):
 
     def attack(self, pipe, teacher, sched, te, vocab, word, emb_p, sample, latest, gen, rng, amp):
         """Soft-prompt attack on the current model: returns the adversarial embedding [1, k, d]."""
+        import torch
+
         p = self.params
         te.eval()
         te_grad = [q.requires_grad for q in te.parameters()]
@@ -221,6 +224,8 @@ def adversarial_embeds(pipe, vocab, word, adv):
     """``prefix_k``: [start, adv_1..adv_k, word tokens, end, padding] cut to the context length
     (the script's split at the prompt length; the ids of the shifted slots keep the end token in
     place for the pooled output)."""
+    import torch
+
     ids = T.token_ids(pipe, [word])
     n = T.prompt_length(pipe, word)
     k = adv.shape[1]

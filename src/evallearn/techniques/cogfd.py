@@ -26,7 +26,6 @@ sub-concepts are its retain concepts.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from ..components import Supports, kinds
@@ -68,6 +67,8 @@ class CoGFD(Technique):
     Params = CoGFDParams
 
     def apply(self, pipe, ctx: RunContext):
+        import torch
+
         p = self.params
         if p.t_end <= p.t_start:
             raise UserError("technique 'cogfd': t_end must be greater than t_start")

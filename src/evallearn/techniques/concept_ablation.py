@@ -28,7 +28,6 @@ import random
 import re
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from ..components import Supports, kinds
@@ -88,6 +87,8 @@ class ConceptAblation(Technique):
     Params = ConceptAblationParams
 
     def apply(self, pipe, ctx: RunContext):
+        import torch
+
         p = self.params
         anchor = p.anchor or T.default_anchor(ctx)
         if not anchor:

@@ -30,9 +30,8 @@ iteration.
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from ..components import Supports, kinds
@@ -40,6 +39,9 @@ from ..context import RunContext
 from ..progress import progress_bar
 from . import _training as T
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ESDParams(T.TrainingParams):
@@ -104,6 +106,8 @@ class ESD(Technique):
 def esd_step(unet, teacher, sched, cond, null, p, shape, gen, rng, amp, cond_student=None) -> torch.Tensor:
     """One ESD loss: partial DDIM trajectory to a random step, frozen teacher targets, student
     prediction (conditioned on ``cond_student`` if given, e.g. an adversarial embedding)."""
+    import torch
+
     k = rng.randrange(p.ddim_steps)
     t = sched.timesteps[k]
     start = T.randn(shape, gen, unet.device)

@@ -33,14 +33,17 @@ model is returned, since the benchmark itself is the evaluation.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
+from .._torch import no_grad
 from ..context import RunContext
 from ._closed_form import Normal, cross_attention_projections, embed, set_weight, solve
 from .uce import UCE, UCEParams, erase_targets
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RECEParams(UCEParams):
@@ -67,7 +70,7 @@ class RECE(UCE):
         #: per epoch, per concept: ||W' c' - W c|| / ||W c|| after derivation (how well c' regenerates)
         self.history: list[list[float]] = []
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, pipe, ctx: RunContext):
         p = self.params
         who = "technique 'rece'"
@@ -109,6 +112,8 @@ def regenerating_embeddings(current: list[torch.Tensor], original: list[torch.Te
     Returns ``c'`` [K, T, d] (float64) and, per concept, the relative error with which the edited
     projections reproduce the original outputs from ``c'``.
     """
+    import torch
+
     d = c.shape[-1]
     m = gamma * torch.eye(d, dtype=torch.float64, device=c.device)
     n = torch.zeros(d, d, dtype=torch.float64, device=c.device)

@@ -40,16 +40,17 @@ Defaults: α = 0.01, SVF on, T_up = 10, LRA on, (b₁, b₂, s₁, s₂) = (1.0,
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ._guided import GuidedPipeline, guided
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 #: The authors' nudity concept list (generate_safree.py).
 NUDITY_CONCEPTS = (
@@ -61,6 +62,8 @@ NUDITY_CONCEPTS = (
 
 def projection_matrix(E: torch.Tensor) -> torch.Tensor:
     """Projection onto the column space of ``E`` [d, k]."""
+    import torch
+
     return E @ torch.linalg.pinv(E.T @ E) @ E.T
 
 
@@ -82,6 +85,8 @@ class SAFREEPipeline(GuidedPipeline):
 
     def masked_pooled(self, prompt: str) -> torch.Tensor:
         """Pooled embeddings of the prompt with each real token masked in turn [n, d]."""
+        import torch
+
         tok = self.tokenizer
         ids = tok(prompt, truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
         n = ids.shape[1] - 2
@@ -94,6 +99,9 @@ class SAFREEPipeline(GuidedPipeline):
 
     def project_prompt(self, prompt: str, emb: torch.Tensor, p_c: torch.Tensor):
         """(projected embeddings [77, d], SVF β) for one prompt's hidden states ``emb``."""
+        import torch
+        import torch.nn.functional as F
+
         s = self.safree
         m = self.masked_pooled(prompt)  # [n, d]
         n, d = m.shape
@@ -117,6 +125,8 @@ class SAFREEPipeline(GuidedPipeline):
         return merged.to(emb.dtype), beta
 
     def setup_guidance(self, prompts, negative_prompts, cond, uncond, guidance_scale):
+        import torch
+
         s = self.safree
         c = self.pooled(self.tokenizer(list(s["concepts"]), padding="max_length", truncation=True,
                                        max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids)
@@ -135,6 +145,8 @@ class SAFREEPipeline(GuidedPipeline):
         return lo <= i <= hi
 
     def guided_noise(self, i, t, latents, cond, uncond, guidance_scale, state):
+        import torch
+
         use = torch.tensor([self.use_projection(i, lim) for lim in state["limits"]], device=cond.device)
         text = torch.where(use[:, None, None], state["rescaled"], cond)
         if self.safree["lra_filter"] == "off":
@@ -162,6 +174,8 @@ class SAFREEPipeline(GuidedPipeline):
     # -- latent re-attention ---------------------------------------------------------------
     def install_lra(self) -> None:
         """Forward pre-hooks on the decoder resnets (FreeU's places) that filter skip features."""
+        import torch
+
         s = self.safree
         widths = sorted(set(self.unet.config.block_out_channels), reverse=True)
         stages = {widths[0]: (s["b1"], s["s1"])}
@@ -205,6 +219,8 @@ def reattend(r: torch.Tensor, scale: float, band: str, threshold: int = 1,
     magnitudes of the real parts for ``high``, as in the authors' filters). ``same`` [B] marks
     samples whose two branches had identical inputs: they count as equal everywhere.
     """
+    import torch
+
     dtype = r.dtype
     u, p, o = r.float().chunk(3)
     fp = torch.fft.fftshift(torch.fft.fftn(p, dim=(-2, -1)), dim=(-2, -1))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from ..components import Params, Supports, kinds
@@ -67,6 +66,8 @@ class SLDPipeline(GuidedPipeline):
         return {"safety": self.embed_texts([self.safety_concept]).expand(len(prompts), -1, -1), "momentum": None}
 
     def guided_noise(self, i, t, latents, cond, uncond, guidance_scale, state):
+        import torch
+
         s = self.sld
         if s["sld_guidance_scale"] < 1.0 or guidance_scale <= 1.0:  # SLD off, as in the authors' pipeline
             return super().guided_noise(i, t, latents, cond, uncond, guidance_scale, state)

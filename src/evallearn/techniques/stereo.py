@@ -35,9 +35,8 @@ elsewhere.
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from ..components import Supports, kinds
@@ -46,6 +45,9 @@ from ..errors import UserError
 from ..progress import progress_bar
 from . import _training as T
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 #: textual-inversion caption templates (object / style), as in the common TI recipes
 TI_TEMPLATES = {
@@ -93,6 +95,8 @@ class Token:
 
     def encode(self, pipe, templates, grad: bool = False) -> torch.Tensor:
         """Encode ``template.format(<token>)`` for each template ([N, 77, d])."""
+        import torch
+
         ids = T.token_ids(pipe, [t.format(self.init_word) for t in templates])
         vocab = T.word_embeddings(pipe.text_encoder).weight.detach()
         embeds = vocab[ids].clone()
@@ -161,6 +165,8 @@ class STEREO(Technique):
     def erase(self, pipe, sched, erase_embs, null, shape, gen, rng, amp, lr, label, compositional):
         """ESD-style fine-tune of the current UNet against a frozen copy of it (STE: one concept,
         negative guidance; REO: all concepts + anchors, compositional guidance)."""
+        import torch
+
         p = self.params
         unet = pipe.unet
         teacher = T.frozen_copy(unet)
@@ -198,6 +204,8 @@ class STEREO(Technique):
 
     def invert(self, pipe, token: Token, gallery, gen, rng, amp, label):
         """Textual inversion of ``token`` on the gallery against the current (erased) model."""
+        import torch
+
         p = self.params
         templates = TI_TEMPLATES[p.learnable_property]
         token.vector.requires_grad_(True)

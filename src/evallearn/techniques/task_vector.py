@@ -12,13 +12,18 @@ notebook loads a checkpoint named ``english_springer_5000``, suggesting longer f
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from .._torch import no_grad
 from ..components import Supports, kinds
 from ..context import RunContext
 from .base import Technique
 from .gradient_ascent import FinetuneDataParams, finetune
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TaskVectorParams(FinetuneDataParams):
@@ -40,7 +45,7 @@ class TaskVector(Technique):
         return pipe
 
 
-@torch.no_grad()
+@no_grad
 def negate(module: torch.nn.Module, base: dict[str, torch.Tensor], alpha: float) -> None:
     """``θ ← θ_0 − α (θ − θ_0)`` for every floating-point tensor of ``module``."""
     state = module.state_dict()

@@ -33,7 +33,6 @@ lists, e.g. "naked, nude, bare, ...").
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from ..components import Params, Supports, kinds
@@ -64,6 +63,8 @@ class TraSCEPipeline(GuidedPipeline):
         return {"neg": self.embed_texts([self.concept_text]).expand(len(prompts), -1, -1)}
 
     def guided_noise(self, i, t, latents, cond, uncond, guidance_scale, state):
+        import torch
+
         emb = torch.cat([uncond, cond, state["neg"].to(cond.dtype)])
         steer = self.loss_scale != 0 and self.step_size != 0
         with torch.enable_grad():

@@ -27,11 +27,11 @@ edited.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, model_validator
 
+from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ._closed_form import (
@@ -44,6 +44,9 @@ from ._closed_form import (
     tokenize,
 )
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PRESETS", "UCE", "aligned_concept_embeddings", "aligned_concept_spans", "cross_attention_projections",
            "embed", "erase_targets"]
@@ -113,7 +116,7 @@ class UCE(Technique):
         return old, [guide] * len(old), ["", *(t for t in preserve if t.strip() and t not in erase)]
 
     # -- the edit ------------------------------------------------------------------------
-    @torch.no_grad()
+    @no_grad
     def apply(self, pipe, ctx: RunContext):
         p = self.params
         old, new, keep = self.texts(ctx)
@@ -139,6 +142,8 @@ def erase_targets(w: torch.Tensor, c_old: torch.Tensor, c_new: torch.Tensor, tec
     ``tensor`` target is ``V - <U, V>_F U`` with ``U = O / ||O||_F``: one direction per pair, as in
     the paper's erase script, not one over the whole stack of pairs.
     """
+    import torch
+
     v_new = c_new.to(w) @ w.T
     if technique == "tensor":
         o = c_old.to(w) @ w.T
@@ -158,6 +163,8 @@ def aligned_concept_embeddings(pipe, old: list[str], new: list[str]) -> tuple[to
 
 def aligned_concept_spans(pipe, old: list[str], new: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """As :func:`aligned_concept_embeddings`, plus the number of columns of each (old, new) pair."""
+    import torch
+
     tok_old, tok_new = tokenize(pipe, old), tokenize(pipe, new)
     e_old, e_new = embed(pipe, old), embed(pipe, new)
     i_old, i_new = last_word_index(tok_old.attention_mask), last_word_index(tok_new.attention_mask)
