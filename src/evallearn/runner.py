@@ -35,6 +35,7 @@ from .judges.base import Judge
 from .metrics._judging import capability_problem
 from .metrics.base import Metric, MetricResult
 from .models.loading import ModelInfo, load_pipeline, resolve_model
+from .results import SCHEMA_VERSION, RunResults, check_resumable
 from .store import ImageStore, RunStore
 from .techniques.base import Technique, technique_cache
 
@@ -349,7 +350,7 @@ def compute_timings(events: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(config: RunConfig, console=None) -> dict[str, Any]:
+def run(config: RunConfig, console=None) -> RunResults:
     from rich.console import Console
 
     from .progress import new_progress, quiet_library_bars
@@ -370,6 +371,7 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
     t = time.perf_counter()
     plan = prepare(config)
     t = phase("prepare", t)
+    check_resumable(plan.run_dir / "results.json")
     store = RunStore(plan.run_dir)
     with store, new_progress(config.name) as progress:
         store.write_config(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))
@@ -435,7 +437,8 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
         compute["this_run"] = dict(timings)
         if "engine" in plan.ctx.extras:  # engine seconds (compile, auto batch probe), batch sizes, notes
             compute["engine"] = plan.ctx.extras["engine"]
-        results = {
+        results = RunResults.model_validate({
+            "schema_version": SCHEMA_VERSION,
             "run": {"name": cfg.name, "spec_hash": plan.spec_hash, "dir": str(plan.run_dir),
                     "eval_learn": __version__},
             "config": plan.config.model_dump(mode="json"),
@@ -443,14 +446,15 @@ def run(config: RunConfig, console=None) -> dict[str, Any]:
             "technique": {"name": plan.technique.name, "params": plan.technique.params.model_dump(mode="json"),
                           "cached": cached, "cache_dir": str(plan.ctx.cache_dir) if plan.technique.edits else None},
             "metrics": metrics_out,
-            **({"probes": probes_out} if probes_out is not None else {}),
+            "probes": probes_out,
             "seeds": {"run_seed": cfg.seed, "rule": "each image's generator is seeded with its request's seed",
                       "n_requests": len(plan.requests)},
             "nonfinite": nonfinite,
             "environment": environment(cfg.device),
             "timings": compute,
-        }
-        store.write_results(results)
+            "warnings": list(plan.notes),
+        })
+        results.save(plan.run_dir / "results.json")
         from .report.html import write_report
 
         write_report(plan.run_dir, results, store.images, plan.requests)
