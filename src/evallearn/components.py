@@ -2,8 +2,8 @@
 
 A component declares its parameters as a pydantic model (unknown keys are errors naming the
 key), a one-line description, and what it supports. Compatibility of a run is derived from
-these declarations (:func:`evallearn.validate.check_compatibility`), never from a hand-kept
-table.
+these declarations (:meth:`Supports.why_not`, checked by ``runner.prepare``), never from a
+hand-kept table. Its ``version`` enters the key of everything cached from its output.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ class Component:
     Params: ClassVar[type[Params]] = Params
     supports: ClassVar[Supports] = Supports()
     paper: ClassVar[str] = ""
+    #: the code version of the component: it enters every cache key the component's output is
+    #: stored under (:mod:`evallearn.cache`). Bump it when a change alters what the component
+    #: computes, so stored edits, base-model values and probe results made by the old code miss.
+    version: ClassVar[str] = "1"
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], where: str) -> Params:

@@ -8,6 +8,7 @@ that an ImageNet classifier, NudeNet or a style classifier plays on Stable Diffu
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +43,13 @@ class ToyClassifierJudge(Judge):
     @classmethod
     def models_used(cls, params=None):
         return ["toy classifier (shipped in evallearn/toyworld/weights)"]
+
+    def weights_fingerprint(self) -> str:
+        """A content fingerprint of the shipped classifier's weights (enters cache keys)."""
+        from ..models.loading import folder_fingerprint
+        from ..toyworld import toy_classifier_dir
+
+        return folder_fingerprint(Path(toy_classifier_dir()))
 
     def probs(self, images: np.ndarray) -> dict:
         return _classifier(self.device).predict(images)

@@ -1,24 +1,32 @@
 """The technique interface.
 
 A technique takes the loaded base pipeline and a concept and returns the unlearned pipeline.
-Weight-editing techniques save the components they change as safetensors under
-``ctx.cache_dir`` (keyed by the technique's spec hash: model, technique, params, concept,
-seed, dtype) and load them on a rerun instead of redoing the edit. Inference-time techniques
-return a pipeline subclass / attach attention processors or callbacks; they save nothing.
+
+Weight-editing techniques (``edits`` names the components they change) are cached through
+:class:`evallearn.cache.Cache`, keyed by :meth:`Technique.cache_spec`: the technique's name,
+``version`` and parameters, the :meth:`Technique.inputs` it reads from the run (the concept as
+resolved, seed, image size, and the sampler where it samples with it), the model's ref and
+weights fingerprint and the dtype. Nothing else: the output folder, run name, metrics and
+probes never invalidate an edit. An entry holds only the tensors the edit changed (compared by
+digest against the base pipeline's state), one safetensors file per edited component, and a
+rerun copies them onto the freshly loaded base pipeline instead of redoing the edit.
+Inference-time techniques return a pipeline subclass / attach attention processors or
+callbacks; they store nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from ..cache import Cache, apply_tensors, changed_tensors, load_tensors, plain, save_tensors, state_digests
 from ..components import Component, Params
 from ..context import RunContext
 
 
 class Technique(Component):
-    #: components (``unet``, ``text_encoder``) whose weights the technique changes; these are
-    #: what gets cached.
+    #: components (``unet``, ``text_encoder``) whose weights the technique changes; their
+    #: changed tensors are what gets cached.
     edits: ClassVar[tuple[str, ...]] = ()
     #: False only for the identity (free run): then "before" would equal "after" and is skipped.
     changes_model: ClassVar[bool] = True
@@ -30,39 +38,41 @@ class Technique(Component):
         """Return the unlearned pipeline (may be ``pipe`` edited in place)."""
         raise NotImplementedError
 
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything of the run this technique reads besides its params and the model: by
+        default the concept (name, kind, synonyms, retain, anchor as resolved), the seed and the
+        image size. A technique that samples with the run's sampler adds it."""
+        return {"concept": plain(ctx.concept), "seed": ctx.seed, "height": ctx.height, "width": ctx.width}
+
+    def cache_spec(self, ctx: RunContext) -> dict[str, Any]:
+        """The complete key of this technique's edit on ``ctx``'s model."""
+        return {"kind": "technique_edit", "name": self.name, "version": self.version,
+                "params": plain(self.params), "edits": list(self.edits), "inputs": self.inputs(ctx),
+                "model": {"ref": ctx.model.ref, "fingerprint": ctx.model.fingerprint}, "dtype": ctx.config.dtype}
+
     # -- weight cache ---------------------------------------------------------------------
     def load_or_apply(self, pipe, ctx: RunContext):
-        if self.edits and cache_complete(ctx.cache_dir, self.edits):
-            load_components(pipe, ctx.cache_dir, self.edits)
+        """``(pipeline, cached)``: the stored edit copied onto ``pipe`` (the base pipeline), or
+        :meth:`apply` run and its changed tensors stored. Sets ``ctx.cache_dir`` to the entry."""
+        if not self.edits:
+            return self.apply(pipe, ctx), False
+        cache, spec = technique_cache(ctx), self.cache_spec(ctx)
+        ctx.cache_dir = cache.path(spec)
+        out: dict[str, Any] = {}
+
+        def compute():
+            before = {name: state_digests(getattr(pipe, name)) for name in self.edits}
+            out["pipe"] = self.apply(pipe, ctx)
+            return {name: changed_tensors(getattr(out["pipe"], name), before[name]) for name in self.edits}
+
+        edit, hit = cache.get_or_compute(spec, compute, save=save_tensors,
+                                         load=lambda folder: load_tensors(folder, self.edits))
+        if hit:
+            apply_tensors(pipe, edit)
             return pipe, True
-        pipe = self.apply(pipe, ctx)
-        if self.edits:
-            save_components(pipe, ctx.cache_dir, self.edits)
-        return pipe, False
+        return out["pipe"], False
 
 
-def cache_complete(folder: Path, names: tuple[str, ...]) -> bool:
-    return (folder / "COMPLETE").exists() and all((folder / f"{n}.safetensors").exists() for n in names)
-
-
-def save_components(pipe, folder: Path, names: tuple[str, ...]) -> None:
-    from safetensors.torch import save_file
-
-    from ..store import atomic_write_bytes
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        state = {k: v.detach().contiguous().cpu() for k, v in getattr(pipe, name).state_dict().items()}
-        tmp = folder / f".{name}.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(folder / f"{name}.safetensors")
-    atomic_write_bytes(folder / "COMPLETE", b"ok\n")
-
-
-def load_components(pipe, folder: Path, names: tuple[str, ...]) -> None:
-    from safetensors.torch import load_file
-
-    for name in names:
-        module = getattr(pipe, name)
-        state = load_file(str(folder / f"{name}.safetensors"), device=str(module.device))
-        module.load_state_dict(state)
+def technique_cache(ctx: RunContext) -> Cache:
+    """Where edits live: ``<output_dir>/_techniques/<technique>-<key>/``."""
+    return Cache(Path(ctx.config.output_dir) / "_techniques")

@@ -22,17 +22,20 @@ setting); 50 Fisher samples per set (the number the Eval-Learn peer uses on SD).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
+from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..models.prediction import denoising_target
 from ._closed_form import embed
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SSDParams(Params):
@@ -75,6 +78,13 @@ class SSD(Technique):
         super().__init__(params)
         self.stats: dict = {}
 
+    def inputs(self, ctx: RunContext) -> dict:
+        """The default inputs plus the sampler: the Fisher images are drawn with the run's steps,
+        guidance scale and image size (:func:`generate_latents`)."""
+        s = ctx.config.sampler
+        return {**super().inputs(ctx), "sampler": {"scheduler": s.scheduler, "steps": s.steps,
+                                                   "guidance_scale": s.guidance_scale, "eta": s.eta}}
+
     def prompts(self, ctx: RunContext) -> tuple[list[str], list[str]]:
         p = self.params
 
@@ -103,10 +113,12 @@ def selected_parameters(unet, which: str):
             yield name, param
 
 
-@torch.no_grad()
+@no_grad
 def generate_latents(pipe, ctx: RunContext, prompts: list[str], per_prompt: int, seed: int,
                      steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
     """x_0 latents [len(prompts) * per_prompt, C, h, w] from the model itself (the run's sampler)."""
+    import torch
+
     s = ctx.config.sampler
     out = []
     for i, prompt in enumerate(prompts):
@@ -135,6 +147,8 @@ def fisher_diagonal(pipe, ctx: RunContext, prompts: list[str], params: dict[str,
     with t, and with independent draws the ratio F_f / F_r of a few dozen samples mostly measures
     which set happened to draw the low-noise timesteps.
     """
+    import torch
+
     unet = pipe.unet
     latents = generate_latents(pipe, ctx, prompts, per_prompt, seed)
     conds = embed(pipe, prompts).to(unet.device, unet.dtype)
@@ -174,10 +188,12 @@ def fisher_diagonal(pipe, ctx: RunContext, prompts: list[str], params: dict[str,
     return {n: v / num_samples for n, v in imp.items()}
 
 
-@torch.no_grad()
+@no_grad
 def dampen(params: dict[str, torch.nn.Parameter], f_forget: dict, f_retain: dict, alpha: float,
            lamb: float) -> dict:
     """Scale the selected parameters in place; returns how many were selected."""
+    import torch
+
     selected = total = 0
     for n, q in params.items():
         ff, fr = f_forget[n], f_retain[n]
