@@ -119,7 +119,8 @@ def test_unversioned_results_are_migrated_with_the_same_numbers(tmp_path):
     assert (ua.before.value, ua.delta, ua.after.nonfinite) == (0.125, 0.75, 0)
     assert res.timings.total == 10.75 and res.timings.attempts is None  # not recorded, not made up
     assert res.nonfinite == {} and any("did not check images for NaN/inf" in w for w in res.warnings)
-    assert any("migrated" in w for w in res.warnings)
+    assert any("migrated" in w for w in res.warnings) and res.migrated
+    assert not parse_results(current_results(), "new").migrated
     assert old.get("schema_version") is None  # the input is not changed
 
 
@@ -129,6 +130,9 @@ def test_compare_reads_an_unversioned_file_and_refuses_an_unknown_old_shape(tmp_
     res = eval_learn("compare", tmp_path / "old")
     assert res.returncode == 0, res.stderr
     assert "0.875 [0.750, 1.000]" in res.stdout and "+0.750" in res.stdout and "quickstart" in res.stdout
+    notes = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note:") and str(tmp_path / "old" / "results.json") in notes[0]
+    assert "migration" in notes[0]
 
     other = {"name": "quickstart", "scores": {"ua": 0.875}}  # some other program's results.json
     (tmp_path / "other").mkdir()
@@ -195,7 +199,7 @@ def test_console_table_html_and_compare_read_typed_results(tmp_path):
     assert "↓ lower is better" in out and "0.250 [0.125, 0.375]" in out and "-0.250" in out
 
 
-def test_a_run_writes_schema_1_and_refuses_to_resume_a_newer_folder(tmp_path, tiny_pipe_dir, tiny_clip_dir):
+def test_a_run_writes_schema_1_and_refuses_to_resume_a_newer_folder(tmp_path, tiny_pipe_dir, tiny_clip_dir, capsys):
     from evallearn.config import load_config
     from evallearn.runner import prepare, run
 
@@ -219,6 +223,9 @@ def test_a_run_writes_schema_1_and_refuses_to_resume_a_newer_folder(tmp_path, ti
 
     old = {k: v for k, v in on_disk.items() if k not in ("schema_version", "warnings", "nonfinite")}
     path.write_text(json.dumps(old))  # the unversioned writer's file: resumed and rewritten
+    capsys.readouterr()
     again = run(load_config(cfg))
+    notes = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    assert len(notes) == 1 and str(path) in notes[0] and "rewrites it" in notes[0]
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
     assert again.metrics["clip_score"].after.value == first.metrics["clip_score"].after.value

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
 
 from .errors import UserError
 
@@ -222,6 +222,12 @@ class RunResults(_Open):
     timings: Timings = Field(default_factory=Timings)
     #: notes about the run or about reading this file (e.g. that it was migrated)
     warnings: list[str] = Field(default_factory=list)
+    #: read from a file without ``schema_version`` and migrated (not written to the file)
+    _migrated: bool = PrivateAttr(default=False)
+
+    @property
+    def migrated(self) -> bool:
+        return self._migrated
 
     # -- what the reports need, by name --------------------------------------------------------
     @property
@@ -323,9 +329,17 @@ def parse_results(data: Any, source: str) -> RunResults:
     else:
         note = ""
     try:
-        return RunResults.model_validate(data)
+        res = RunResults.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {_where(exc)} is missing or malformed{note}") from None
+    res._migrated = version is None
+    return res
+
+
+def migration_note(path: Path | str) -> str:
+    """The one line said when an unversioned results.json is read by migration."""
+    return (f"note: {path}: written before results schema {SCHEMA_VERSION} (no schema_version), read by "
+            "migration; rerun the run to rewrite it")
 
 
 def load_results(path: Path, who: str = "") -> RunResults:
@@ -339,15 +353,20 @@ def load_results(path: Path, who: str = "") -> RunResults:
     return parse_results(data, source)
 
 
-def check_resumable(path: Path) -> None:
+def check_resumable(path: Path) -> str | None:
     """Before a run resumes in a folder that already holds ``path`` (its results.json): a file
-    this version can read or migrate is fine (the run rewrites it at the end); one it cannot
-    (a newer schema, an unknown older shape, not results at all) is a one-line error, so a run
-    directory written by another eval-learn is never silently mixed with this one's work."""
+    this version can read or migrate is fine (the run rewrites it at the end; for a migrated one
+    the line to show is returned); one it cannot (a newer schema, an unknown older shape, not
+    results at all) is a one-line error, so a run directory written by another eval-learn is
+    never silently mixed with this one's work."""
     path = Path(path)
     if not path.exists():
-        return
+        return None
     try:
-        load_results(path, "resume")
+        res = load_results(path, "resume")
     except UserError as exc:
         raise UserError(f"{exc}; or move that run folder away to start it afresh") from None
+    if res.migrated:
+        return (f"note: {path}: written before results schema {SCHEMA_VERSION} (no schema_version); "
+                "this run resumes and rewrites it")
+    return None

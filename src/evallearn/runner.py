@@ -371,7 +371,9 @@ def run(config: RunConfig, console=None) -> RunResults:
     t = time.perf_counter()
     plan = prepare(config)
     t = phase("prepare", t)
-    check_resumable(plan.run_dir / "results.json")
+    note = check_resumable(plan.run_dir / "results.json")
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     store = RunStore(plan.run_dir)
     with store, new_progress(config.name) as progress:
         store.write_config(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False))

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UserError
-from ..results import MetricEntry, RunResults, load_results
+from ..results import MetricEntry, RunResults, load_results, migration_note
 from .table import direction, fmt_n, fmt_value, metric_meaning
 
 
@@ -82,6 +82,11 @@ def duplicates(rows: list[Row]) -> list[str]:
     return [f"warning: {len(same)} results have spec hash {spec} (the same run counted {len(same)} times): "
             + ", ".join(r.path for r in same)
             for spec, same in by_spec.items() if len(same) > 1 and spec != "?"]
+
+
+def migrated(rows: list[Row]) -> list[str]:
+    """A note per results.json read by migration (written before the results schema)."""
+    return [migration_note(r.path) for r in rows if r.results.migrated]
 
 
 def runs_text(rows: list[Row]) -> Text:
