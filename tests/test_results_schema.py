@@ -110,6 +110,18 @@ def test_round_trip_keeps_every_value_and_nan(tmp_path):
     assert again["metrics"]["ua"]["after"]["value"] == 0.875 and "probes" in again
 
 
+def test_numpy_values_in_details_are_written_as_numbers(tmp_path):
+    import numpy as np
+
+    data = current_results()
+    data["metrics"]["ua"]["after"]["details"].update(count=np.int64(3), per_item=np.array([1.0, 0.0]),
+                                                     rate=np.float32(0.5))
+    res = parse_results(data, "x")
+    details = json.loads(res.save(tmp_path / "results.json").read_text())["metrics"]["ua"]["after"]["details"]
+    assert details == {"seeds": [0, 1], "count": 3, "per_item": [1.0, 0.0], "rate": 0.5}
+    assert res["metrics"]["ua"]["after"]["details"]["count"] == 3
+
+
 def test_unversioned_results_are_migrated_with_the_same_numbers(tmp_path):
     old = unversioned_results()
     res = parse_results(old, "old")

@@ -250,7 +250,10 @@ class RunResults(_Open):
 
     # -- reading and writing -------------------------------------------------------------------
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        """The file's text. Values inside the free-form ``details``/``params`` that JSON has no
+        type for are written as plain values: numpy scalars and arrays as numbers and lists,
+        anything else as its ``str``; NaN stays ``NaN``."""
+        return json.dumps(self.model_dump(mode="python"), indent=2, default=_plain) + "\n"
 
     def save(self, path: Path) -> Path:
         from .store import atomic_write_bytes
@@ -264,11 +267,19 @@ class RunResults(_Open):
         attributes."""
         if key not in type(self).model_fields and key not in (self.model_extra or {}):
             raise KeyError(key)
-        return self.model_dump(mode="json", include={key}).get(key)
+        return json.loads(json.dumps(self.model_dump(mode="python", include={key}).get(key), default=_plain))
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self.model_fields_set | set(self.model_extra or {}) \
             and getattr(self, key, None) is not None
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy scalar or array, torch tensor
+        return obj.tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    return str(obj)
 
 
 def migrate_unversioned(data: dict[str, Any]) -> dict[str, Any]:
