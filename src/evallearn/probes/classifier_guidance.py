@@ -23,13 +23,17 @@ other ImageNet images).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from ..config import short_hash
 from ..errors import UserError
-from . import _sampling, _schedulers
+from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
-from .latent_classifier import LatentClassifier, folder_images, toy_training_images, train_latent_classifier
+
+if TYPE_CHECKING:
+    from .latent_classifier import LatentClassifier
 
 
 class ClassifierGuidance(Probe):
@@ -64,6 +68,9 @@ class ClassifierGuidance(Probe):
 
     # -- the classifier ---------------------------------------------------------------------
     def classifier_model(self, env: ProbeEnv) -> tuple[LatentClassifier, dict]:
+        # (torch: imported when the probe runs, not when a run is planned)
+        from .latent_classifier import LatentClassifier, train_latent_classifier
+
         p = self.params
         if p.classifier:
             clf = LatentClassifier.load(p.classifier, env.device)
@@ -82,6 +89,8 @@ class ClassifierGuidance(Probe):
         return clf.to(env.device), {"classifier": str(folder), "cached": False, "training": metrics}
 
     def training_images(self):
+        from .latent_classifier import folder_images, toy_training_images
+
         p = self.params
         if p.train_positives and p.train_negatives:
             size = self.ctx.height
@@ -93,6 +102,8 @@ class ClassifierGuidance(Probe):
                         "train_positives/train_negatives image folders (e.g. ImageNet's class and others)")
 
     def run(self, env: ProbeEnv) -> ProbeResult:
+        from . import _schedulers
+
         items = self.items()
         settings = self.settings()
         clf, info = self.classifier_model(env)

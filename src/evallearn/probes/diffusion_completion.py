@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import UserError
-from . import _sampling, _schedulers
+from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
 
 
@@ -47,6 +47,8 @@ class DiffusionCompletion(Probe):
 
     def complete(self, env: ProbeEnv, batch, k: int):
         """Base model runs steps 0..k, the erased model steps k + 1.. of the same DDIM schedule."""
+        from . import _schedulers  # (diffusers: imported when the probe runs)
+
         kw = self.sample_kwargs()
         head = _schedulers.make(_schedulers.SlicedDDIMScheduler, env.base, start=0, stop=k + 1)
         latents = _sampling.run(env.base, batch, head, output_type="latent", **kw)
@@ -58,6 +60,8 @@ class DiffusionCompletion(Probe):
         """The base model's full DDIM run of the same (prompt, seed) trajectories, stored with the
         base model's images (shared by every run on the base model)."""
         from diffusers import DDIMScheduler
+
+        from . import _schedulers
 
         keys = [self.key("completion_base", {}, it) for it in items]
         todo = [i for i, key in enumerate(keys) if not env.base_images.has(key)]

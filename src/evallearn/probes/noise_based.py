@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from . import _sampling, _schedulers
+from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
 
 
@@ -52,6 +52,8 @@ class NoiseBased(Probe):
         return (int(seed) + 1_000_003 * index) % (2**63)
 
     def run(self, env: ProbeEnv) -> ProbeResult:
+        from . import _schedulers  # (diffusers: imported when the probe runs)
+
         items = self.items()
         settings = self.settings()
         fresh = self.params.fresh_latents
