@@ -16,7 +16,6 @@ traceback or a memory blow-up.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .engine import EngineConfig, image_spec
 from .errors import UserError
+from .hashing import canonical, short_hash  # noqa: F401  (re-exported: config.short_hash)
 
 #: a config file larger than this is refused before it is parsed
 MAX_CONFIG_BYTES = 1 << 20
@@ -375,14 +375,6 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     data = apply_overrides(read_mapping(path), overrides or [])
     return parse_config(data, str(path))
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def short_hash(obj: Any, n: int = 12) -> str:
-    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:n]
 
 
 def spec_dict(config: RunConfig) -> dict[str, Any]:
