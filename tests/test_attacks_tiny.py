@@ -84,7 +84,7 @@ def test_attack_results_are_cached_by_spec(pipe, tmp_path, monkeypatch):
     first = a.run_cached(pipe, ["a dog"], tmp_path, "m1")
     monkeypatch.setattr(a, "attack", lambda *args, **kw: (_ for _ in ()).throw(AssertionError("recomputed")))
     assert a.run_cached(pipe, ["a dog"], tmp_path, "m1") == first
-    assert len(list(tmp_path.glob("mma_diffusion-*.csv"))) == 1
+    assert len(list(tmp_path.glob("mma_diffusion-*/prompts.csv"))) == 1
     with pytest.raises(AssertionError):
         a.run_cached(pipe, ["a dog"], tmp_path, "another model")
 

@@ -232,3 +232,26 @@ def test_base_metric_key_holds_the_resolved_nudenet_preset(tiny_pipe_dir, tmp_pa
         keys.add(Cache.key(spec))
         assert next(iter(spec["judges"].values()))["spec"]["preset"] == preset
     assert len(keys) == 2
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+def test_attack_key_holds_its_version_and_what_it_reads_from_the_run(tiny_pipe_dir, tmp_path):
+    from evallearn.attacks import get_attack
+
+    cls = get_attack("p4d")
+    attack = cls(cls.Params())
+
+    class P4Dv2(cls):
+        version = "2"
+
+    plans = [_plan(tiny_pipe_dir, tmp_path, "free_run"),
+             _plan(tiny_pipe_dir, tmp_path, "free_run", sampler={"steps": 7}),
+             _plan(tiny_pipe_dir, tmp_path, "free_run", concept={"name": "cat", "synonyms": ["kitten"]}),
+             _plan(tiny_pipe_dir, tmp_path, "free_run", seed=3)]
+    keys = [attack.cache_key(["a cat"], "model", [1], p.ctx) for p in plans]
+    keys.append(P4Dv2(attack.params).cache_key(["a cat"], "model", [1], plans[0].ctx))
+    assert len(set(keys)) == len(keys)
+    assert attack.cache_key(["a cat"], "model", [1], _plan(tiny_pipe_dir, tmp_path, "free_run", name="x").ctx) \
+        == keys[0]

@@ -2,10 +2,12 @@
 
 An attack turns target prompts into adversarial prompts against a given pipeline (the unlearned
 one after the technique, the base one for the "before" numbers). :meth:`Attack.run_cached`
-stores the result as ``<output_dir>/_attacks/<attack>-<hash>.csv`` (columns ``target_prompt``,
-``adversarial_prompt``, ``loss``), keyed by the attack, its parameters, the targets and the
-identity of the attacked model, so a rerun reuses it and the file doubles as a precomputed
-prompt set for other runs.
+stores the result through :class:`evallearn.cache.Cache` as
+``<output_dir>/_attacks/<attack>-<key>/prompts.csv`` (columns ``target_prompt``,
+``adversarial_prompt``, ``loss``), keyed by the attack's name, ``version`` and parameters, the
+targets and their seeds, the :meth:`Attack.inputs` it reads from the run (concept, seed,
+sampler, image size) and the identity of the attacked model, so a rerun reuses it and the file
+doubles as a precomputed prompt set for other runs.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from ..cache import Cache, component_spec, plain
 from ..components import Component, Params
-from ..config import short_hash
 from ..store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -41,29 +43,49 @@ class Attack(Component):
         evaluation seeds (used by attacks that judge their candidates by generating, as P4D)."""
         raise NotImplementedError
 
-    def cache_key(self, targets: list[str], model_key: str, seeds: list[int] | None = None) -> str:
-        spec = {"attack": self.name, "params": self.params.model_dump(mode="json"), "targets": list(targets),
-                "model": model_key}
-        if seeds is not None:
-            spec["seeds"] = list(seeds)
-        return short_hash(spec)
+    def inputs(self, ctx) -> dict | None:
+        """What the attack reads from the run besides its targets and seeds: the concept (MMA's
+        banned words), the run seed and the sampler and image size (P4D generates with them)."""
+        if ctx is None:
+            return None
+        s = ctx.config.sampler
+        return {"concept": plain(ctx.concept), "seed": ctx.seed, "height": ctx.height, "width": ctx.width,
+                "sampler": {"scheduler": s.scheduler, "steps": s.steps, "guidance_scale": s.guidance_scale,
+                            "eta": s.eta}}
+
+    def cache_spec(self, targets: list[str], model_key: str, seeds: list[int] | None = None,
+                   ctx=None) -> dict:
+        return {"kind": "attack", **component_spec(self), "targets": list(targets),
+                "seeds": None if seeds is None else list(seeds), "model": model_key, "inputs": self.inputs(ctx)}
+
+    def cache_key(self, targets: list[str], model_key: str, seeds: list[int] | None = None, ctx=None) -> str:
+        return Cache.key(self.cache_spec(targets, model_key, seeds, ctx))
 
     def run_cached(self, pipe, targets: list[str], cache_dir: Path, model_key: str, ctx=None,
                    base_pipe=None, seeds: list[int] | None = None) -> list[str]:
-        path = Path(cache_dir) / f"{self.name}-{self.cache_key(targets, model_key, seeds)}.csv"
-        if path.is_file():
-            rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
-            if [r["target_prompt"] for r in rows] == list(targets):
-                return [r["adversarial_prompt"] for r in rows]
-        found = self.attack(pipe, targets, ctx, base_pipe, seeds)
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["target_prompt", "adversarial_prompt", "loss"])
-        for t, (adv, loss) in zip(targets, found, strict=True):
-            w.writerow([t, adv, f"{loss:.6g}"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
-        return [adv for adv, _ in found]
+        """The adversarial prompts of ``targets``, from ``cache_dir`` when this exact attack ran."""
+
+        def compute():
+            return [(t, adv, loss) for t, (adv, loss) in
+                    zip(targets, self.attack(pipe, targets, ctx, base_pipe, seeds), strict=True)]
+
+        rows, _ = Cache(cache_dir).get_or_compute(self.cache_spec(targets, model_key, seeds, ctx), compute,
+                                                  save=_save_prompts, load=_load_prompts)
+        return [adv for _, adv, _ in rows]
+
+
+def _save_prompts(rows: list[tuple[str, str, float]], folder: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["target_prompt", "adversarial_prompt", "loss"])
+    for t, adv, loss in rows:
+        w.writerow([t, adv, f"{loss:.6g}"])
+    atomic_write_bytes(folder / "prompts.csv", buf.getvalue().encode("utf-8"))
+
+
+def _load_prompts(folder: Path) -> list[tuple[str, str, float]]:
+    with (folder / "prompts.csv").open(newline="", encoding="utf-8") as fh:
+        return [(r["target_prompt"], r["adversarial_prompt"], float(r["loss"])) for r in csv.DictReader(fh)]
 
 
 # -- text-encoder helpers -------------------------------------------------------------------
