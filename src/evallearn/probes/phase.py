@@ -1,20 +1,19 @@
 """The probes phase of a run (after the metrics): instantiate each configured probe, run it on
 the unlearned pipeline (and the base pipeline, loaded once on first need), cache its result in
-the run directory so a rerun resumes, and end with the erasure verdict (:mod:`.verdict`). The
-standard prompt baseline is added when the config does not list it, since every verdict is read
-against it.
+the run directory (:class:`evallearn.cache.Cache` under ``probes/results``) so a rerun resumes,
+and end with the erasure verdict (:mod:`.verdict`). The standard prompt baseline is added when
+the config does not list it, since every verdict is read against it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import registry
-from ..config import safe_join, short_hash
-from ..store import ImageStore, atomic_write_json
+from ..cache import Cache, component_spec, judge_spec
+from ..store import ImageStore
 from .base import ProbeEnv
 from .verdict import verdict
 
@@ -52,21 +51,22 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
         probe = cls(cls.parse_params(raw, f"probes '{key}'.params"), plan.ctx)
         if name == BASELINE:
             baseline_key = key
-        spec = {"name": name, "params": probe.params.model_dump(mode="json"),
-                "judges": {r: j.key for r, j in probe.judge_refs().items()}}
-        path = safe_join(root, f"{key}-{short_hash(spec)}.json")
-        if path.exists():
-            out[key] = json.loads(path.read_text())
-        else:
-            env.judges = judges.for_metric(probe)
+        env.judges = judges.for_metric(probe)
+        # the run directory already keys the model, technique, concept and sampler; the entry
+        # adds the probe (name, version, params) and each judge as resolved
+        spec = {"kind": "probe", **component_spec(probe),
+                "judges": {r: judge_spec(j) for r, j in sorted(env.judges.items())}}
+
+        def compute(probe=probe, name=name):
             probe.check(env.judges)
             try:
                 res = probe.run(env).to_dict()
             finally:
                 env.restore_schedulers()
             res["probe"] = name
-            atomic_write_json(path, res)
-            out[key] = res
+            return res
+
+        out[key], _ = Cache(root / "results").get_or_compute(spec, compute)
         log("probe", id=key, value=out[key]["value"])
         if task is not None:
             progress.advance(task, 1)
