@@ -62,8 +62,8 @@ def write_report(run_dir: Path, results: RunResults, images: ImageStore, request
     run = results.run
     seed = "–" if results.seeds.run_seed is None else results.seeds.run_seed
     warnings = "".join(f"<p><b>Note:</b> {esc(w)}</p>" for w in results.warnings)
-    environment = results.environment.model_dump(mode="json")
-    timings = results.timings.model_dump(mode="json", exclude_none=True)
+    environment = results.environment.model_dump()
+    timings = results.timings.model_dump()
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>eval-learn: {esc(run.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -81,8 +81,8 @@ font-size:10px}} code{{font-size:11px}}</style></head><body>
 {bad}
 {probes}
 <h2>Samples (after)</h2>{samples}
-<h2>Environment</h2><pre>{esc(json.dumps(environment, indent=2))}</pre>
-<h2>Timings (s)</h2><pre>{esc(json.dumps(timings, indent=2))}</pre>
+<h2>Environment</h2><pre>{esc(json.dumps(environment, indent=2, default=str))}</pre>
+<h2>Timings (s)</h2><pre>{esc(json.dumps(timings, indent=2, default=str))}</pre>
 </body></html>"""
     path = Path(run_dir) / "report.html"
     atomic_write_bytes(path, page.encode())
