@@ -8,14 +8,16 @@ with a line saying that what was written is kept and a rerun resumes.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.core
+import typer.main
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -53,7 +55,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     _quiet()
 
 
-def results_table(results: dict) -> Table:
+def results_table(results) -> Table:
+    """The console table of a :class:`evallearn.results.RunResults`."""
     from .report.table import results_table as table
 
     return table(results)
@@ -68,10 +71,10 @@ def run(config: Path, set_: SetOpt = None) -> None:
 
     results = run_config(load_config(config, set_ or []), console=err)
     out.print(summary(results))
-    if "probes" in results:
-        out.print(f"verdict: {results['probes']['verdict']['label']} — {results['probes']['verdict']['summary']}")
-    out.print(f"results: {Path(results['run']['dir']) / 'results.json'}")
-    out.print(f"report:  {Path(results['run']['dir']) / 'report.html'}")
+    if results.probes is not None:
+        out.print(f"verdict: {results.probes.verdict.label} — {results.probes.verdict.summary}")
+    out.print(f"results: {Path(results.run.dir) / 'results.json'}")
+    out.print(f"report:  {Path(results.run.dir) / 'report.html'}")
     if unscored(results):
         raise UserError(f"no value for {', '.join(unscored(results))}: every image was non-finite (NaN/inf); "
                         "check the sampler settings (e.g. sampler.eta, guidance_scale)")
@@ -99,40 +102,22 @@ def validate(config: Path, set_: SetOpt = None) -> None:
 
 
 def _check_results(path: Path) -> None:
-    """A one-line error naming ``path`` when it is not a results.json this version can read."""
-    try:
-        res = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UserError(f"compare: {path} is not a readable results.json ({type(exc).__name__})") from None
+    """A one-line error naming ``path`` when it is not a results.json this version can read
+    (malformed, an older shape it cannot migrate, or a newer results schema)."""
+    from .results import load_results
 
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise UserError(f"compare: {path}: {what} is missing or malformed")
-
-    need(isinstance(res, dict), "the top level")
-    for keys in (("run", "name"), ("technique", "name"), ("config", "concept", "name"), ("model", "ref")):
-        node = res
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        need(isinstance(node, str), ".".join(keys))
-    need(isinstance(res.get("metrics"), dict), "metrics")
-    for key, m in res["metrics"].items():
-        after = m.get("after") if isinstance(m, dict) else None
-        need(isinstance(after, dict) and (after.get("value") is None or isinstance(after.get("value"), int | float))
-             and not isinstance(after.get("value"), bool) and "higher_is_better" in after,
-             f"metrics.{key}.after")
-        need(m.get("delta") is None or isinstance(m.get("delta"), int | float), f"metrics.{key}.delta")
+    load_results(path, "compare")
 
 
 @app.command()
 def compare(paths: Annotated[list[Path], typer.Argument(help="results.json files or folders holding them")]) -> None:
     """A leaderboard of several runs: each metric's value after erasure (Δ to the base model)."""
-    from .report.compare import duplicates, find_results, load_rows, render
+    from .report.compare import duplicates, find_results, load_rows, migrated, render
 
     for path in find_results(paths):
         _check_results(path)
     rows, metric_keys = load_rows(paths)
-    for line in duplicates(rows):
+    for line in migrated(rows) + duplicates(rows):
         err.print(line, markup=False, highlight=False, soft_wrap=True)
     for part in render(rows, metric_keys):
         out.print(part, soft_wrap=isinstance(part, Text))
@@ -188,33 +173,71 @@ def models() -> None:
     out.print(t)
 
 
-def _mount_subcommands() -> None:
-    """Sub-apps that live beside their components (each module defines a typer ``app``)."""
-    import importlib
-
-    for name, module, help_ in (
-        ("toy", "evallearn.toyworld.cli", "The toy world"),
-        ("sae", "evallearn.sae.cli", "Sparse autoencoders for SAeUron / Concept Steerers"),
-    ):
-        try:
-            sub = importlib.import_module(module).app
-        except ImportError:
-            continue
-        # the help lists the sub-app's own commands, so it cannot name one that does not exist
-        commands = [c.name or c.callback.__name__.replace("_", "-") for c in sub.registered_commands]
-        app.add_typer(sub, name=name, help=f"{help_}: {', '.join(commands)}.")
-
-
-_mount_subcommands()
-
-
-def _mount_probes() -> None:
-    from .probes.cli import mount
-
-    mount(app)
+def _command_from(name: str, obj: object) -> click.Command:
+    """The click command for an entry of the ``evallearn.cli`` group: a ``typer.Typer`` (a group,
+    or its single command when it has one command and no callback) or a plain function."""
+    if isinstance(obj, typer.Typer):
+        cmd = typer.main.get_command(obj)
+        # shell completion belongs to the root command only
+        cmd.params = [p for p in cmd.params if p.name not in ("install_completion", "show_completion")]
+        if isinstance(cmd, click.Group) and not cmd.help:
+            cmd.help = "Sub-commands: " + ", ".join(cmd.commands) + "."
+    elif callable(obj):
+        one = typer.Typer()
+        one.command(name)(obj)
+        cmd = typer.main.get_command(one)
+    else:
+        raise UserError(f"command '{name}': the entry point gives a {type(obj).__name__}, "
+                        f"not a typer.Typer or a function")
+    cmd.name = name
+    return cmd
 
 
-_mount_probes()
+def _unavailable(name: str, reason: str) -> click.Command:
+    """A stand-in for a command whose module failed to load: listed with the reason, and running
+    it is a one-line error instead of the command silently missing."""
+
+    def fail() -> None:
+        raise UserError(f"command '{name}' is unavailable: {reason}")
+
+    return click.Command(name, callback=fail, help=f"unavailable: {reason}",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                           "help_option_names": []})
+
+
+class _Commands(typer.core.TyperGroup):
+    """The built-in commands plus those of the ``evallearn.cli`` entry-point group, each loaded
+    only when it is called (or listed by ``--help``), so ``--version`` or ``compare`` import no
+    command module they do not use."""
+
+    _cache: dict[str, click.Command] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return own + [n for n in registry.commands.names() if n not in own]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in registry.commands:
+            return super().get_command(ctx, cmd_name)
+        if cmd_name not in self._cache:
+            if cmd_name in self.commands:
+                ep = registry.commands.entry_point(cmd_name)
+                cmd = _unavailable(cmd_name, f"the entry point {ep.value if ep else ''} clashes with the "
+                                             f"built-in command")
+            else:
+                try:
+                    cmd = _command_from(cmd_name, registry.commands.get(cmd_name))
+                except UserError as exc:
+                    cmd = _unavailable(cmd_name, str(exc))
+                except Exception as exc:  # a broken import under the command: say so, do not drop it
+                    ep = registry.commands.entry_point(cmd_name)
+                    where = f"cannot load {ep.value}" if ep is not None else "cannot load it"
+                    cmd = _unavailable(cmd_name, f"{where} ({type(exc).__name__}: {exc})")
+            self._cache[cmd_name] = cmd
+        return self._cache[cmd_name]
+
+
+app.info.cls = _Commands
 
 
 INTERRUPTED = ("interrupted: everything written so far is kept (images, cached edits, finished results); "

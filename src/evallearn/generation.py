@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from .config import short_hash
+from .hashing import short_hash
 
 
 @dataclass(frozen=True)
@@ -112,12 +111,19 @@ class Generator:
         except (TypeError, ValueError):
             return False
 
-    @torch.no_grad()
     def sample(self, batch: Sequence[GenRequest]) -> tuple[np.ndarray, list[dict[str, Any] | None]]:
         """uint8 images of ``batch`` and, per request, None or what was non-finite.
 
         A non-finite request's image has its NaN/inf pixels set to 0 before conversion, so the
         PNG kept for it is deterministic (it is never scored)."""
+        import torch  # here, not at import: planning a run (validate) needs no torch
+
+        with torch.no_grad():
+            return self._sample(batch)
+
+    def _sample(self, batch: Sequence[GenRequest]) -> tuple[np.ndarray, list[dict[str, Any] | None]]:
+        import torch
+
         first = batch[0]
         self.pipe.scheduler = self._scheduler(first.scheduler)
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in batch]

@@ -1,6 +1,7 @@
 """An outside package that plugs into eval-learn through entry points only (used by tests)."""
 
 import torch
+import typer
 
 from evallearn.components import Params, Supports, kinds
 from evallearn.techniques.base import Technique
@@ -29,3 +30,25 @@ class NudityOnly(Technique):
 
     def apply(self, pipe, ctx):
         return pipe
+
+
+# -- command-line commands (group ``evallearn.cli``) ----------------------------------------------
+
+hello_app = typer.Typer(help="test plugin: a command group")
+
+
+@hello_app.command()
+def greet(name: str = "world") -> None:
+    """Print a greeting."""
+    print(f"hello, {name}")
+
+
+@hello_app.command()
+def count(n: int) -> None:
+    """Print 1..N."""
+    print(" ".join(str(i) for i in range(1, n + 1)))
+
+
+def shout(word: str) -> None:
+    """test plugin: a plain function as a command."""
+    print(word.upper())

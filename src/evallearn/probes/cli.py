@@ -11,7 +11,9 @@ already-erased checkpoint, scored with ``technique: free_run`` against ``--base-
 ``--model toy --technique uce`` erases first. ``--judge`` picks the scoring rule (the default
 forced choice, or the paper's ImageNet top-1/top-5 and CLIP score); a concept outside the paper's
 13 needs ``--retain`` (the alternatives a forced choice needs) or a rule that can say "not the
-concept". The functions are mounted by ``evallearn.cli``.
+concept". ``build_probe_config`` and ``train-latent-classifier`` live here; the ``probe`` command,
+which runs the config, is :mod:`evallearn.commands.probe` (it sits above the runner). Both are
+``eval-learn`` commands through the ``evallearn.cli`` entry-point group.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 
 from ..errors import UserError
 from .prompts import wace_concept, wace_retain
@@ -95,55 +96,6 @@ def build_probe_config(concept: str, model: str, probes: list[str], technique: s
     return cfg
 
 
-def probe(
-    ctx: typer.Context,
-    concept: Annotated[str, typer.Option("--concept", help="concept key: airliner, van_gogh, circle (toy), ...")],
-    model: Annotated[str, typer.Option("--model", help="erased checkpoint folder / hub id, or 'toy'")],
-    probes: Annotated[list[str], typer.Option("--probes", help="probe names (repeat or space-separate)")],
-    technique: Annotated[str, typer.Option(help="technique to apply first (free_run = model is erased)")] = "free_run",
-    base_model: Annotated[str | None, typer.Option(help="the original model (default SD-1.4)")] = None,
-    num_prompts: Annotated[int | None, typer.Option(help="prompts per probe (default: the paper's 30)")] = None,
-    retain: Annotated[list[str] | None, typer.Option(
-        "--retain", help="concepts the judge may answer instead (repeat or comma-separate); default: the "
-                         "paper's other concepts of the same kind; required for other concepts")] = None,
-    judge: Annotated[str, typer.Option(
-        "--judge", help="how images are scored: auto (forced choice, CLIP ViT-L/14), clip, imagenet "
-                        "(the paper's ResNet-50 top-1 of 1,000), imagenet_top5, clip_score (the paper's "
-                        "CLIP ViT-B/32 score)")] = "auto",
-    device: str = "cpu",
-    dtype: str = "float32",
-    output_dir: str = "runs",
-    seed: int = 0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="write and validate the config only")] = False,
-) -> None:
-    """Probe an erased model with the probes of 'When Are Concepts Erased From Diffusion Models?'."""
-    from rich.console import Console
-
-    from ..config import parse_config
-    from ..runner import prepare
-
-    # ``--probes a b c``: click options take one value, so the words after it arrive as extra args
-    names = [n for item in [*probes, *ctx.args] for n in item.replace(",", " ").split()]
-    data = build_probe_config(concept, model, names, technique, base_model, num_prompts, device, dtype, output_dir,
-                              seed, retain, judge)
-    cfg = parse_config(data, "probe")
-    plan = prepare(cfg)
-    path = Path(output_dir) / f"{data['name']}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = Console()
-    out.print(f"config: {path} · spec {plan.spec_hash} · run dir {plan.run_dir}")
-    if dry_run:
-        return
-    from ..cli import results_table
-    from ..runner import run
-
-    results = run(cfg, console=Console(stderr=True))
-    out.print(results_table(results))
-    v = results["probes"]["verdict"]
-    out.print(f"verdict: {v['label']} — {v['summary']}", markup=False)
-
-
 def train_latent_classifier_command(
     concept: Annotated[str, typer.Option("--concept")],
     out: Annotated[Path, typer.Option("--out", help="output folder (config.json + model.safetensors)")],
@@ -181,7 +133,6 @@ def train_latent_classifier_command(
     Console().print(f"saved {out} (best epoch {metrics['best']})")
 
 
-def mount(app: typer.Typer) -> None:
-    """Add ``probe`` and ``train-latent-classifier`` to the ``eval-learn`` app."""
-    app.command("probe", context_settings={"allow_extra_args": True})(probe)
-    app.command("train-latent-classifier")(train_latent_classifier_command)
+#: ``eval-learn train-latent-classifier`` (entry point in the ``evallearn.cli`` group)
+train_latent_classifier_app = typer.Typer()
+train_latent_classifier_app.command("train-latent-classifier")(train_latent_classifier_command)
