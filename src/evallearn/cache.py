@@ -134,21 +134,29 @@ class Cache:
 
 
 def tensor_digest(tensor) -> bytes:
-    """A BLAKE2b digest of a tensor's dtype, shape and bytes (any device, any dtype)."""
+    """A SHA-256 digest of a tensor's dtype, shape and bytes (any device, any dtype)."""
     import torch
 
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(memoryview(raw))
     return h.digest()
 
 
+def _digests(items: list[tuple[str, Any]]) -> list[bytes]:
+    # hashlib releases the GIL on large buffers: threads hash tensors in parallel
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda kv: tensor_digest(kv[1]), items))
+
+
 def state_digests(module) -> dict[str, bytes]:
-    return {k: tensor_digest(v) for k, v in module.state_dict().items()}
+    items = list(module.state_dict().items())
+    return dict(zip([k for k, _ in items], _digests(items), strict=True))
 
 
 def changed_tensors(module, before: dict[str, bytes]) -> dict[str, Any]:
@@ -160,7 +168,9 @@ def changed_tensors(module, before: dict[str, bytes]) -> dict[str, Any]:
         added, removed = sorted(set(state) - set(before)), sorted(set(before) - set(state))
         raise RuntimeError(f"the edit changed the module's parameters (added {added[:3]}, removed {removed[:3]}); "
                            "only value changes can be cached")
-    return {k: v.detach().contiguous().cpu().clone() for k, v in state.items() if tensor_digest(v) != before[k]}
+    items = list(state.items())
+    return {k: v.detach().contiguous().cpu().clone()
+            for (k, v), d in zip(items, _digests(items), strict=True) if d != before[k]}
 
 
 def save_tensors(edit: dict[str, dict[str, Any]], folder: Path) -> None:
