@@ -255,3 +255,22 @@ def test_attack_key_holds_its_version_and_what_it_reads_from_the_run(tiny_pipe_d
     assert len(set(keys)) == len(keys)
     assert attack.cache_key(["a cat"], "model", [1], _plan(tiny_pipe_dir, tmp_path, "free_run", name="x").ctx) \
         == keys[0]
+
+
+# -- SAEs ----------------------------------------------------------------------------------
+
+
+def test_sae_key_follows_its_training_not_the_steering_settings(tiny_pipe_dir, tmp_path):
+    from evallearn.sae.cached import sae_spec
+
+    def key(params=None, concept=None, **over):
+        plan = _plan(tiny_pipe_dir, tmp_path, "saeuron", {"train_steps": 10, **(params or {})},
+                     concept=concept or {"name": "cat", "retain": ["dog"]}, **over)
+        return Cache.key(sae_spec(plan.ctx, plan.technique, "up_blocks.1.attentions.1", reads_sampler=True))
+
+    base = key()
+    assert key({"multiplier": -2.0}) == base  # steering strength: the same SAE
+    assert key(concept={"name": "car", "retain": ["dog"]}) == base  # the SAE is trained on captions
+    assert key({"train_steps": 11}) != base
+    assert key(seed=4) != base
+    assert key(sampler={"steps": 7}) != base  # SAeUron's activations are drawn with the sampler

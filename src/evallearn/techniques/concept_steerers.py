@@ -24,8 +24,6 @@ with the ``train_*`` budget and cached under the run's technique cache folder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import StableDiffusionPipeline
 from pydantic import Field
@@ -98,12 +96,10 @@ class ConceptSteerers(Technique):
         if p.sae:
             sae = TopKSAE.load(p.sae)
         else:
-            folder = Path(ctx.cache_dir) / "sae"
-            if (folder / "config.json").is_file():
-                sae = TopKSAE.load(folder)
-            else:
-                sae = train_text_sae(pipe, ctx, layer, p)
-                sae.save(folder)
+            from ..sae.cached import ensure_sae
+
+            sae, _ = ensure_sae(ctx, self, f"text_encoder.text_model.encoder.layers.{layer}",
+                                lambda: train_text_sae(pipe, ctx, layer, p))
         if sae.d_in != pipe.text_encoder.config.hidden_size:
             raise UserError(f"technique 'concept_steerers': the SAE has d_in={sae.d_in} but the text encoder's width "
                             f"is {pipe.text_encoder.config.hidden_size}")

@@ -27,8 +27,6 @@ statistics of step ``t``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import StableDiffusionPipeline
 from pydantic import Field
@@ -133,12 +131,10 @@ class SAeUron(Technique):
         if p.sae:
             sae = TopKSAE.load(p.sae)
         else:
-            folder = Path(ctx.cache_dir) / f"sae-{hookpoint}"
-            if (folder / "config.json").is_file():
-                sae = TopKSAE.load(folder)
-            else:
-                sae = train_unet_sae(pipe, ctx, hookpoint, p)
-                sae.save(folder)
+            from ..sae.cached import ensure_sae
+
+            sae, _ = ensure_sae(ctx, self, hookpoint, lambda: train_unet_sae(pipe, ctx, hookpoint, p),
+                                reads_sampler=True)
         return sae
 
     @torch.no_grad()
