@@ -274,3 +274,43 @@ def test_sae_key_follows_its_training_not_the_steering_settings(tiny_pipe_dir, t
     assert key({"train_steps": 11}) != base
     assert key(seed=4) != base
     assert key(sampler={"steps": 7}) != base  # SAeUron's activations are drawn with the sampler
+
+
+# -- latent classifiers --------------------------------------------------------------------
+
+
+def test_latent_classifier_is_trained_once_per_complete_key(tiny_pipe_dir, tmp_path):
+    from evallearn import registry
+    from evallearn.probes.latent_classifier import LatentClassifier, cached_classifier, classifier_spec
+
+    folders = {}
+    for name in ("pos", "neg"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "a.png").write_bytes(name.encode())
+    cls = registry.probes.get("classifier_guidance")
+
+    def spec(**over):
+        plan = _plan(tiny_pipe_dir, tmp_path / "out", "free_run", **over)
+        probe = cls(cls.Params(train_positives=str(folders["pos"]), train_negatives=str(folders["neg"])), plan.ctx)
+        return classifier_spec(probe, plan.config.dtype)
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        torch.manual_seed(len(calls))
+        return LatentClassifier((4, 2, 2), torch.linspace(0.99, 0.01, 1000), 8, 4, 0.0), {"auc": 0.5}
+
+    root = tmp_path / "cache"
+    first, info = cached_classifier(root, spec(), train, "cpu")
+    assert not info["cached"] and info["training"] == {"auc": 0.5}
+    again, info = cached_classifier(root, spec(name="another"), train, "cpu")
+    assert info["cached"] and calls == [1]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(),
+                                                   strict=True))
+    base = Cache.key(spec())
+    assert Cache.key(spec(seed=2)) != base
+    assert Cache.key(spec(sampler={"height": 48, "width": 48})) != base
+    (folders["neg"] / "b.png").write_bytes(b"more")  # another negative image: another classifier
+    assert Cache.key(spec()) != base

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from ..config import short_hash
 from ..errors import UserError
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
@@ -75,18 +74,15 @@ class ClassifierGuidance(Probe):
         if p.classifier:
             clf = LatentClassifier.load(p.classifier, env.device)
             return clf, {"classifier": p.classifier}
-        spec = {"concept": self.ctx.concept.name, "base": self.ctx.config.base_model or self.ctx.config.model,
-                "fingerprint": self.ctx.model.fingerprint,
-                **{k: v for k, v in p.model_dump(mode="json").items() if k.startswith("train_")}}
-        folder = env.cache_dir / f"latent_classifier-{short_hash(spec)}"
-        if (folder / "model.safetensors").is_file():
-            return LatentClassifier.load(folder, env.device), {"classifier": str(folder), "cached": True}
-        pos, neg = self.training_images()
-        clf, metrics = train_latent_classifier(env.base, pos, neg, epochs=p.train_epochs,
-                                               batch_size=p.train_batch_size, lr=p.train_lr,
-                                               log=lambda **kw: env.log("latent_classifier_epoch", **kw))
-        clf.save(folder, metrics)
-        return clf.to(env.device), {"classifier": str(folder), "cached": False, "training": metrics}
+        from .latent_classifier import cached_classifier, classifier_spec
+
+        def train():
+            pos, neg = self.training_images()
+            return train_latent_classifier(env.base, pos, neg, epochs=p.train_epochs,
+                                           batch_size=p.train_batch_size, lr=p.train_lr,
+                                           log=lambda **kw: env.log("latent_classifier_epoch", **kw))
+
+        return cached_classifier(env.cache_dir, classifier_spec(self, self.ctx.config.dtype), train, env.device)
 
     def training_images(self):
         from .latent_classifier import folder_images, toy_training_images

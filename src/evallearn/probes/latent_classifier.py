@@ -177,3 +177,54 @@ def folder_images(folder: str | Path, size: int) -> np.ndarray:
         with Image.open(p) as im:
             out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)))
     return np.stack(out)
+
+
+#: the version of this module's classifier and training; enters every cached classifier's key
+VERSION = "1"
+
+
+def classifier_spec(probe, device_dtype: str) -> dict:
+    """The complete key of a latent classifier trained for ``probe`` (a classifier-guidance probe):
+    its training params and the content of its image folders, the concept and seed (the toy
+    world renders its training images from them), the image size the folders are resized to,
+    the base model whose VAE encodes the images (ref and weights fingerprint), the dtype and the
+    code versions."""
+    from ..cache import plain
+    from ..models.loading import resolve_model
+
+    ctx, p = probe.ctx, probe.params
+    base = ctx.config.base_model or ctx.config.model
+    info = ctx.model if base == ctx.config.model else resolve_model(base)
+    train = {k: v for k, v in p.model_dump(mode="json").items() if k.startswith("train_")}
+    folders = {k: _folder_digest(Path(train[k]).expanduser())
+               for k in ("train_positives", "train_negatives") if train.get(k) and Path(train[k]).expanduser().is_dir()}
+    return {"kind": "latent_classifier", "name": "latent_classifier", "version": VERSION,
+            "probe": {"name": probe.name, "version": probe.version}, "train": train, "folders": folders,
+            "concept": plain(ctx.concept), "seed": ctx.seed, "size": [ctx.height, ctx.width],
+            "base": {"ref": base, "fingerprint": info.fingerprint}, "dtype": device_dtype}
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 over the relative paths and bytes of every file under ``folder``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cached_classifier(root: Path, spec: dict, train, device: str) -> tuple[LatentClassifier, dict]:
+    """The classifier of ``spec`` from the cache under ``root``, or ``train()`` (returning
+    ``(classifier, metrics)``) stored there; with what to record about it."""
+    from ..cache import Cache
+
+    cache = Cache(root)
+    (clf, metrics), cached = cache.get_or_compute(
+        spec, train, save=lambda value, folder: value[0].save(folder, value[1]),
+        load=lambda folder: (LatentClassifier.load(folder, device), None))
+    info = {"classifier": str(cache.path(spec)), "cached": cached}
+    if not cached:
+        info["training"] = metrics
+    return clf.to(device), info
