@@ -417,10 +417,10 @@ def run(config: RunConfig, console=None) -> RunResults:
         if cfg.probes:
             from .probes.phase import run_probes
 
-            cached_probes = set((plan.run_dir / "probes").glob("*.json"))
+            cached_probes = set((plan.run_dir / "probes" / "results").glob("*/spec.json"))
             probes_out = run_probes(plan, pipe, lambda: load_pipeline(base_info, cfg.device, cfg.dtype),
                                     store.images, ImageStore(base_dir(plan) / "images"), judges, store.log, progress)
-            work["probes"] = len(set((plan.run_dir / "probes").glob("*.json")) - cached_probes)
+            work["probes"] = len(set((plan.run_dir / "probes" / "results").glob("*/spec.json")) - cached_probes)
             t = phase("probes", t)
 
         metrics_out = {}
