@@ -320,7 +320,8 @@ def test_validate_builds_no_tiny_random_weights(tmp_path, monkeypatch, capsys):
     assert list(cache.iterdir()) == [] and not (tmp_path / "runs").exists()
 
 
-def test_validate_never_downloads_a_hub_model(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("what", ["model", "dataset"])
+def test_validate_never_downloads_from_the_hub(what, tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     calls = []
@@ -332,28 +333,15 @@ def test_validate_never_downloads_a_hub_model(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model: someone/not-cached\n" + BASE)
+    if what == "model":
+        cfg.write_text("model: someone/not-cached\n" + BASE)
+        expect = "validate` downloads nothing"
+    else:
+        cfg.write_text(TOY.replace("metrics: [ua]", "metrics: [{name: asr, params: {prompts: csv, prompts_params: "
+                                                    "{source: someone/not-cached}}}]"))
+        expect = "nothing is downloaded here"
     code, out, err = main(["validate", cfg], monkeypatch, capsys)
-    assert_one_error(code, out, err, "validate` downloads nothing")
-    assert calls == [True]
-
-
-def test_validate_never_downloads_a_hub_dataset(tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
-    calls = []
-
-    def fake_snapshot_download(repo_id, *args, local_files_only=False, **kw):
-        calls.append(local_files_only)
-        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(TOY.replace("metrics: [ua]", "metrics: [{name: asr, params: {prompts: csv, prompts_params: "
-                                                "{source: someone/not-cached}}}]"))
-    code, out, err = main(["validate", cfg], monkeypatch, capsys)
-    assert_one_error(code, out, err, "nothing is downloaded here")
+    assert_one_error(code, out, err, expect)
     assert calls == [True]
 
 

@@ -41,6 +41,14 @@ _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 _DEVICE = re.compile(r"cpu|mps|(cuda|xpu)(:[0-9]{1,3})?")
 
 
+def _plain(value: str) -> str:
+    """``value`` if it can be one file name component; else a ValueError saying why."""
+    why = _is_plain(value)
+    if why:
+        raise ValueError(why)
+    return value
+
+
 def _is_plain(value: str) -> str | None:
     """Why ``value`` cannot be one file name component (None when it can)."""
     if not value or not value.strip():
@@ -118,10 +126,7 @@ class ConceptConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _plain_concept(cls, value: str) -> str:
-        why = _is_plain(value)
-        if why:
-            raise ValueError(why)
-        return value
+        return _plain(value)
 
     @field_validator("retain")
     @classmethod
@@ -177,10 +182,7 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        why = _is_plain(value)
-        if why:
-            raise ValueError(why)
-        return value
+        return _plain(value)
 
     @field_validator("device")
     @classmethod
