@@ -173,7 +173,7 @@ def test_selector_must_differ_from_the_scoring_judge(tiny_pipe_dir, tiny_clip_di
 
 @pytest.mark.slow
 def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, tiny_clip_dir, tmp_path):
-    from evallearn.runner import run
+    from evallearn.cli import run_and_report as run  # the commands' run: results.json, then report.html
 
     clip = str(tiny_clip_dir)
     j = {"judge": "clip", "judge_params": {"clip_model": clip}, "num_prompts": 2}

@@ -60,9 +60,10 @@ def _text(renderable) -> str:
 def test_nonfinite_images_are_listed_never_scored_and_a_rerun_keeps_the_timings(
         tmp_path, tiny_pipe_dir, tiny_clip_dir, poisoned, capsys):
     from evallearn import cli
+    from evallearn.cli import run_and_report as run  # the commands' run: results.json, then report.html
     from evallearn.config import load_config
     from evallearn.report.table import summary
-    from evallearn.runner import prepare, run
+    from evallearn.runner import prepare
 
     cfg = _config(tmp_path, tiny_pipe_dir, tiny_clip_dir)
     by_metric = prepare(load_config(cfg)).ctx.extras["requests_by_metric"]

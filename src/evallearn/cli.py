@@ -62,14 +62,22 @@ def results_table(results) -> Table:
     return table(results)
 
 
+def run_and_report(cfg, console=None):
+    """Run a parsed config (:func:`evallearn.runner.run`), writing results.json and then
+    report.html into the run folder; returns the :class:`evallearn.results.RunResults`."""
+    from .report.html import write_report
+    from .runner import run as run_config
+
+    return run_config(cfg, console=console or err, report=write_report)
+
+
 @app.command()
 def run(config: Path, set_: SetOpt = None) -> None:
     """Run CONFIG: apply the technique, generate, judge, score; write results.json and report.html."""
     from .config import load_config
     from .report.table import nonfinite_lines, summary, unscored
-    from .runner import run as run_config
 
-    results = run_config(load_config(config, set_ or []), console=err)
+    results = run_and_report(load_config(config, set_ or []))
     out.print(summary(results))
     if results.probes is not None:
         out.print(f"verdict: {results.probes.verdict.label} — {results.probes.verdict.summary}")

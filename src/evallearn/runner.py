@@ -6,7 +6,8 @@
     technique apply (or load the cached edit)
     generate  every missing image of the run, batched and seeded
     score     judges -> metrics
-    write     results.json (atomic) and report.html
+    write     results.json (atomic); the caller (the ``run`` and ``probe`` commands) adds
+              report.html through the ``report`` hook
 
 Everything before ``load`` reads only configs, so a bad run fails in a second without
 loading weights.
@@ -350,7 +351,10 @@ def compute_timings(events: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(config: RunConfig, console=None) -> RunResults:
+def run(config: RunConfig, console=None, report=None) -> RunResults:
+    """Run ``config`` and write its results.json. ``report(run_dir, results, images, requests)``,
+    when given, is called after results.json is saved (the commands pass
+    :func:`evallearn.report.html.write_report`; the report sits above the runner)."""
     from rich.console import Console
 
     from .progress import new_progress, quiet_library_bars
@@ -457,8 +461,7 @@ def run(config: RunConfig, console=None) -> RunResults:
             "warnings": list(plan.notes),
         })
         results.save(plan.run_dir / "results.json")
-        from .report.html import write_report
-
-        write_report(plan.run_dir, results, store.images, plan.requests)
+        if report is not None:
+            report(plan.run_dir, results, store.images, plan.requests)
         store.log("done")
     return results

@@ -55,10 +55,9 @@ def probe(
     out.print(f"config: {path} · spec {plan.spec_hash} · run dir {plan.run_dir}")
     if dry_run:
         return
-    from ..cli import results_table
-    from ..runner import run
+    from ..cli import results_table, run_and_report
 
-    results = run(cfg, console=Console(stderr=True))
+    results = run_and_report(cfg, console=Console(stderr=True))
     out.print(results_table(results))
     v = results.probes.verdict
     out.print(f"verdict: {v.label} — {v.summary}", markup=False)
