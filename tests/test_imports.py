@@ -69,14 +69,9 @@ def test_version_compare_and_validate_do_not_import_torch(tmp_path, block):
     assert not (tmp_path / "runs").exists()
 
 
-#: built-in components whose module still needs torch at import, because it defines a subclass of
-#: a torch or diffusers class at module level (a pipeline, an nn.Module, a scheduler); a config
-#: that names one of them loads torch in ``validate``
-NEEDS_TORCH_AT_IMPORT = {
-    ("technique", "sld"), ("technique", "safree"), ("technique", "trasce"),  # GuidedPipeline
-    ("technique", "concept_steerers"), ("technique", "saeuron"),  # pipeline subclass, SAE nn.Module
-    ("technique", "mace"),  # its LoRA nn.Module
-}
+#: built-in components whose module needs torch at import (none: a subclass of a torch or diffusers
+#: class — a pipeline, an nn.Module — is built on first use, so ``validate`` never loads torch)
+NEEDS_TORCH_AT_IMPORT: set[tuple[str, str]] = set()
 
 _COMPONENTS = r"""
 import sys, importlib.abc

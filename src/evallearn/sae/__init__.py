@@ -4,6 +4,14 @@
 Used by Concept Steerers (text-encoder activations) and SAeUron (UNet cross-attention block
 activations)."""
 
-from .model import TopKSAE
-
 __all__ = ["TopKSAE"]
+
+
+def __getattr__(name: str):
+    # the model is a torch module: imported on first use, so that the torch-free parts
+    # (:mod:`.capture`'s helpers as techniques import them) load without torch
+    if name == "TopKSAE":
+        from .model import TopKSAE
+
+        return TopKSAE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

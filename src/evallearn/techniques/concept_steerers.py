@@ -24,22 +24,29 @@ with the ``train_*`` budget and cached under the run's technique cache folder.
 
 from __future__ import annotations
 
-import torch
-from diffusers import StableDiffusionPipeline
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..sae.capture import first, replace_first, text_activations, text_layer
-from ..sae.model import TopKSAE
+from ._guided import guided
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..sae.model import TopKSAE
 
 NUDITY_TEXT = "naked, nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks"
 
 
-class ConceptSteeringPipeline(StableDiffusionPipeline):
-    """Stable Diffusion whose text-encoder layer output is steered while prompts are encoded."""
+class ConceptSteeringPipeline:
+    """Stable Diffusion whose text-encoder layer output is steered while prompts are encoded;
+    mixed into ``StableDiffusionPipeline`` on use (:func:`evallearn.techniques._guided.guided`)."""
 
     steer_layer: int = 0
     steering: torch.Tensor | None = None  # [77, d]
@@ -94,6 +101,8 @@ class ConceptSteerers(Technique):
     def load_sae(self, pipe, ctx: RunContext, layer: int) -> TopKSAE:
         p = self.params
         if p.sae:
+            from ..sae.model import TopKSAE
+
             sae = TopKSAE.load(p.sae)
         else:
             from ..sae.cached import ensure_sae
@@ -105,14 +114,13 @@ class ConceptSteerers(Technique):
                             f"is {pipe.text_encoder.config.hidden_size}")
         return sae
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, pipe, ctx: RunContext):
         _, layer = text_layer(pipe.text_encoder, self.params.layer)
         sae = self.load_sae(pipe, ctx, layer).to(pipe.text_encoder.device)
         acts = text_activations(pipe, [self.text(ctx)], layer)[0].to(pipe.text_encoder.device)  # [77, d]
         steering = (self.params.strength * sae.pre_acts(acts)) @ sae.W_dec
-        out = ConceptSteeringPipeline(**pipe.components)
-        out.set_progress_bar_config(disable=True)
+        out = guided(ConceptSteeringPipeline, pipe)
         out.steer_layer, out.steering = layer, steering.detach()
         return out
 

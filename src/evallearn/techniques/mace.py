@@ -41,14 +41,14 @@ the concept's retain concepts through the templates), not from a cached MS-COCO 
 
 from __future__ import annotations
 
+import functools
 import random
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
@@ -57,6 +57,9 @@ from ._attention import set_cross_processors as _set_cross_processors
 from ._closed_form import Normal, cross_attention_projections, embed, set_weight, solve, tokenize
 from .base import Technique
 from .ssd import training_scheduler
+
+if TYPE_CHECKING:
+    import torch
 
 #: Prompt augmentations in the spirit of the authors' lists (ours; ``{}`` = the concept).
 OBJECT_TEMPLATES: tuple[str, ...] = (
@@ -158,6 +161,8 @@ class MACE(Technique):
 
     # -- the edit -------------------------------------------------------------------------
     def apply(self, pipe, ctx: RunContext):
+        import torch
+
         p = self.params
         who = "technique 'mace'"
         pairs = self.concepts(ctx)
@@ -240,9 +245,11 @@ def matching_indices(old: list[int], new: list[int], length: int = 77) -> tuple[
     return io, jn
 
 
-@torch.no_grad()
+@no_grad
 def cfr_columns(pipe, pairs: list[tuple[str, str]], templates: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrounding-word columns of every erased prompt and the mapping prompt's columns they map to."""
+    import torch
+
     olds = [t.format(c) for c, _ in pairs for t in templates]
     news = [t.format(m) for _, m in pairs for t in templates]
     e_old, e_new = embed(pipe, olds), embed(pipe, news)
@@ -258,23 +265,32 @@ def cfr_columns(pipe, pairs: list[tuple[str, str]], templates: list[str]) -> tup
 # -- stage 2 ------------------------------------------------------------------------------
 
 
-class _Lora(torch.nn.Module):
-    """``x -> up(down(x))``; down ~ N(0, 1/rank), up = 0 (diffusers' LoRALinearLayer init)."""
+@functools.cache
+def _lora_class() -> type:
+    """The LoRA module class (a torch module: built on first use, so the module imports without torch)."""
+    import torch
 
-    def __init__(self, d_in: int, d_out: int, rank: int, generator: torch.Generator) -> None:
-        super().__init__()
-        self.down = torch.nn.Parameter(torch.randn(rank, d_in, generator=generator) / rank)
-        self.up = torch.nn.Parameter(torch.zeros(d_out, rank))
+    class Lora(torch.nn.Module):
+        """``x -> up(down(x))``; down ~ N(0, 1/rank), up = 0 (diffusers' LoRALinearLayer init)."""
 
-    def forward(self, x):
-        return (x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)
+        def __init__(self, d_in: int, d_out: int, rank: int, generator: torch.Generator) -> None:
+            super().__init__()
+            self.down = torch.nn.Parameter(torch.randn(rank, d_in, generator=generator) / rank)
+            self.up = torch.nn.Parameter(torch.zeros(d_out, rank))
 
-    def delta(self) -> torch.Tensor:
-        return (self.up @ self.down).detach().double()
+        def forward(self, x):
+            return (x @ self.down.T.to(x.dtype)) @ self.up.T.to(x.dtype)
+
+        def delta(self) -> torch.Tensor:
+            return (self.up @ self.down).detach().double()
+
+    return Lora
 
 
 def concept_positions(pipe, prompt: str, concept: str, use_pooler: bool) -> torch.Tensor:
     """Boolean [77]: the concept's tokens in the prompt, plus EOS/padding with ``use_pooler``."""
+    import torch
+
     ids = tokenize(pipe, [prompt]).input_ids[0].tolist()
     cids = pipe.tokenizer(concept, add_special_tokens=False).input_ids
     pos = torch.zeros(len(ids), dtype=torch.bool)
@@ -289,6 +305,9 @@ def concept_positions(pipe, prompt: str, concept: str, use_pooler: bool) -> torc
 def concept_images(pipe, ctx: RunContext, prompt: str, concept: str, p: MACEParams, seed: int, mask_mode: str):
     """``num_images`` latents of ``prompt`` from the current (original) model, and per-image masks
     [N, h, w] of the concept's region (all ones for ``mask: none``)."""
+    import torch
+    import torch.nn.functional as F
+
     pos = concept_positions(pipe, prompt, concept, use_pooler=False)
     maps: dict[int, torch.Tensor] = {}
 
@@ -333,6 +352,9 @@ def train_lora(pipe, ctx: RunContext, concept: str, prompts: list[str], data, p:
                log: list[float]) -> list[torch.Tensor]:
     """Train one rank-``p.rank`` LoRA on the K/V of every attn2; return its ΔW per projection
     (in :func:`cross_attention_projections` order)."""
+    import torch
+    import torch.nn.functional as F
+
     unet = pipe.unet
     latents, masks = data
     gen = torch.Generator("cpu").manual_seed(ctx.seed + 7)
@@ -341,8 +363,8 @@ def train_lora(pipe, ctx: RunContext, concept: str, prompts: list[str], data, p:
     loras = {}
     for n in names:
         attn = unet.get_submodule(n)
-        loras[n] = (_Lora(attn.to_k.in_features, attn.to_k.out_features, p.rank, gen),
-                    _Lora(attn.to_v.in_features, attn.to_v.out_features, p.rank, gen))
+        loras[n] = (_lora_class()(attn.to_k.in_features, attn.to_k.out_features, p.rank, gen),
+                    _lora_class()(attn.to_v.in_features, attn.to_v.out_features, p.rank, gen))
     params = [t for pair in loras.values() for lora in pair for t in lora.parameters()]
     for lora in (lo for pair in loras.values() for lo in pair):
         lora.to(unet.device)

@@ -27,22 +27,29 @@ statistics of step ``t``).
 
 from __future__ import annotations
 
-import torch
-from diffusers import StableDiffusionPipeline
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..sae.capture import first, replace_first, unet_activations, unet_module
-from ..sae.model import TopKSAE
+from ._guided import guided
 from .base import Technique
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..sae.model import TopKSAE
 
 TEMPLATES = ("a photo of a {}", "an image of a {}", "a picture of a {}", "a {}")
 
 
-class SAeUronPipeline(StableDiffusionPipeline):
-    """Stable Diffusion with SAE feature ablation on one UNet block (settings set by :class:`SAeUron`)."""
+class SAeUronPipeline:
+    """Stable Diffusion with SAE feature ablation on one UNet block (settings set by :class:`SAeUron`);
+    mixed into ``StableDiffusionPipeline`` on use (:func:`evallearn.techniques._guided.guided`)."""
 
     hookpoint: str = ""
     sae: TopKSAE | None = None
@@ -51,8 +58,10 @@ class SAeUronPipeline(StableDiffusionPipeline):
     thresholds: list[torch.Tensor] = []  # per step: mean activation over all concepts
     preserve_error: bool = True
 
-    @torch.no_grad()
+    @no_grad
     def ablate(self, h: torch.Tensor, step: int) -> torch.Tensor:
+        import torch
+
         t = min(step, len(self.features) - 1)
         B, C, H, W = h.shape
         x = h.permute(0, 2, 3, 1).reshape(-1, C).float()
@@ -129,6 +138,8 @@ class SAeUron(Technique):
     def load_sae(self, pipe, ctx: RunContext, hookpoint: str) -> TopKSAE:
         p = self.params
         if p.sae:
+            from ..sae.model import TopKSAE
+
             sae = TopKSAE.load(p.sae)
         else:
             from ..sae.cached import ensure_sae
@@ -137,7 +148,7 @@ class SAeUron(Technique):
                                 reads_sampler=True)
         return sae
 
-    @torch.no_grad()
+    @no_grad
     def feature_tables(self, pipe, ctx: RunContext, hookpoint: str, sae: TopKSAE):
         s = ctx.config.sampler
         names = [ctx.concept.name, *ctx.concept.retain]
@@ -160,8 +171,7 @@ class SAeUron(Technique):
         unet_module(pipe.unet, hookpoint)  # fail early on a bad name
         sae = self.load_sae(pipe, ctx, hookpoint).to(pipe.unet.device)
         features, scaling, thresholds = self.feature_tables(pipe, ctx, hookpoint, sae)
-        out = SAeUronPipeline(**pipe.components)
-        out.set_progress_bar_config(disable=True)
+        out = guided(SAeUronPipeline, pipe)
         out.hookpoint, out.sae, out.preserve_error = hookpoint, sae, self.params.preserve_error
         out.features, out.scaling, out.thresholds = features, scaling, thresholds
         return out
@@ -170,6 +180,8 @@ class SAeUron(Technique):
 def select_features(means: dict[str, torch.Tensor], target: str, percentile: float, multiplier: float,
                     eps: float = 1e-8):
     """Per step: (selected feature indices, γ·μ_target of them, mean over all concepts of them)."""
+    import torch
+
     steps = means[target].shape[1]
     features, scaling, thresholds = [], [], []
     for t in range(steps):

@@ -46,7 +46,7 @@ from pydantic import Field
 
 from ..components import Params, Supports, kinds
 from ..context import RunContext
-from ._guided import GuidedPipeline, guided
+from ._guided import Guidance, guided
 from .base import Technique
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def svf_steps(beta: float, upper: int, artist: bool) -> int:
     return round(upper / (1.0 + math.exp(-2.0 * k * (10.0 * beta - t0))))
 
 
-class SAFREEPipeline(GuidedPipeline):
+class SAFREEPipeline(Guidance):
     """Stable Diffusion with SAFREE; settings in ``self.safree`` (see :class:`SAFREE`)."""
 
     safree: dict = {}

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from ..components import Params, Supports, kinds
 from ..context import RunContext
-from ._guided import GuidedPipeline, guided
+from ._guided import Guidance, guided
 from .base import Technique
 
 #: The safety concept of the authors' ``SLDPipeline`` (ml-research/safe-latent-diffusion): I2P's
@@ -56,7 +56,7 @@ PRESETS: dict[str, tuple[int, float, float, float, float]] = {
 _FIELDS = ("warmup_steps", "sld_guidance_scale", "threshold", "momentum_scale", "mom_beta")
 
 
-class SLDPipeline(GuidedPipeline):
+class SLDPipeline(Guidance):
     """Stable Diffusion with safety guidance; settings in ``self.sld`` (a dict of :data:`_FIELDS`)."""
 
     safety_concept: str = DEFAULT_SAFETY_CONCEPT

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from ..components import Params, Supports, kinds
 from ..context import RunContext
-from ._guided import GuidedPipeline, guided
+from ._guided import Guidance, guided
 from .base import Technique
 
 #: (guidance_loss_scale λ, discriminator_guidance_scale η, sigma σ) from the authors' README commands
@@ -51,7 +51,7 @@ NUDITY_TEXT = "naked, nude, bare, exposed, Stripped, topless, male genitalia, pe
 VIOLENCE_TEXT = "hate, harassment, violence, suffering, humiliation, harm, suicide, blood"
 
 
-class TraSCEPipeline(GuidedPipeline):
+class TraSCEPipeline(Guidance):
     """Stable Diffusion with TraSCE's negative prompting and latent steering."""
 
     concept_text: str = ""
