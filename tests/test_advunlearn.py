@@ -4,6 +4,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -81,3 +82,8 @@ def test_advunlearn_on_the_toy_world(tmp_path_factory):
                      {"iterations": 100, "warmup_iter": 30, "attack_step": 5, "ddim_steps": 20, "lr": 1e-4})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "advunlearn"
+    params = {**TINY, "iterations": 2, "warmup_iter": 1, "attack_step": 1, "ddim_steps": 2}

@@ -4,6 +4,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -101,3 +102,9 @@ def test_cogfd_on_the_toy_world(tmp_path_factory):
     v = erase_on_toy(tmp_path_factory.getbasetemp() / "toy_runs", "cogfd", {"image_steps": 20, "lr": 1e-4})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "cogfd"
+    params = {"combination_prompts": ["a cat drinking wine"], "sub_concepts": ["a cat", "wine"], "image_seeds": [1],
+              "image_steps": 2, "steps": 1, "t_start": 0}

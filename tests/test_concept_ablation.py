@@ -4,6 +4,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -67,3 +68,9 @@ def test_concept_ablation_on_the_toy_world(tmp_path_factory):
                      {"num_class_images": 90, "image_steps": 20, "steps": 100, "batch_size": 8, "lr": 3e-5})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "concept_ablation"
+    params = {"anchor": "dog", "anchor_prompts": ["a photo of a dog"], "num_class_images": 1, "image_steps": 2,
+              "steps": 1, "batch_size": 1, "random_flip": False}

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from contracts import TechniqueContract
 from test_sld import REQS, assert_batch_invariant, assert_erased_and_kept, needs_toy, pipe, toy_erasure, toy_runs  # noqa: F401, F811
 
 from evallearn.config import parse_config
@@ -40,3 +41,12 @@ def test_steering_adds_the_concept_features_to_prompts_and_subtracts_from_negati
 @pytest.mark.slow
 def test_concept_steerers_on_the_toy_world(toy_runs):  # noqa: F811
     assert_erased_and_kept(toy_erasure({"name": "concept_steerers", "params": {"train_steps": 500}}, toy_runs))
+
+
+class TestContract(TechniqueContract):
+    name = "concept_steerers"
+    params = {"train_steps": 2, "train_batch_size": 128, "train_num_prompts": 4, "layer": 0}
+
+    def technique_params(self, folder):
+        (folder / "p.txt").write_text("a cat\na dog\na red car\na blue cat\n")
+        return {**self.params, "train_prompts": str(folder / "p.txt")}

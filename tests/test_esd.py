@@ -5,6 +5,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -133,3 +134,8 @@ def test_esd_u_erases_cross_on_the_toy_world(tmp_path_factory):
                       "ddim_steps": 20})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "esd"
+    params = {"iterations": 1, "ddim_steps": 2, "lr": 1e-3}

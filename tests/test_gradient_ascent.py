@@ -4,6 +4,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -83,3 +84,8 @@ def test_gradient_ascent_on_the_toy_world(tmp_path_factory):
                      {"num_images": 10, "image_steps": 20, "image_guidance": 6.0, "updates": 20, "lr": 1e-4})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "gradient_ascent"
+    params = {**TINY, "num_images": 1, "updates": 1, "batch_size": 1}

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -88,3 +89,8 @@ def test_mace_on_the_toy_world(tmp_path):
                      concept="cross")
     assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"])
     assert r["ira_after"] >= 0.85 * r["ira_before"]
+
+
+class TestContract(TechniqueContract):
+    name = "mace"
+    params = {"max_train_steps": 2, "num_images": 1, "data_steps": 2, "aug_length": 1}

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -91,3 +92,8 @@ def test_rece_on_the_toy_world(tmp_path):
     r = erase_on_toy(tmp_path, "rece", {"guide": "shape", "epochs": 1, "regular_scale": 1e-3}, concept="cross")
     assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"])
     assert r["ira_after"] >= 0.85 * r["ira_before"]
+
+
+class TestContract(TechniqueContract):
+    name = "rece"
+    params = {"epochs": 1}

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from contracts import TechniqueContract
 from test_sld import REQS, assert_batch_invariant, assert_erased_and_kept, needs_toy, pipe, toy_erasure, toy_runs  # noqa: F401, F811
 
 from evallearn.config import parse_config
@@ -44,3 +45,13 @@ def test_saeuron_on_the_toy_world(toy_runs):  # noqa: F811
     values = toy_erasure({"name": "saeuron", "params": {"percentile": 99.0, "multiplier": -5.0,
                                                           "train_steps": 500}}, toy_runs)
     assert_erased_and_kept(values, min_gain=0.15)
+
+
+class TestContract(TechniqueContract):
+    name = "saeuron"
+    params = {"hookpoint": "up_blocks.0.attentions.1", "percentile": 90.0, "multiplier": -5.0, "feature_prompts": 1,
+              "train_num_prompts": 2, "train_steps": 2, "train_batch_size": 256}
+
+    def technique_params(self, folder):
+        (folder / "p.txt").write_text("a cat\na dog\n")
+        return {**self.params, "train_prompts": str(folder / "p.txt")}

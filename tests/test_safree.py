@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from contracts import TechniqueContract
 from test_sld import REQS, assert_batch_invariant, assert_erased_and_kept, needs_toy, pipe, toy_erasure, toy_runs  # noqa: F401, F811
 
 from evallearn.config import parse_config
@@ -51,3 +52,7 @@ def test_trigger_tokens_are_projected_and_generation_is_batch_invariant(pipe, ti
 @pytest.mark.slow
 def test_safree_on_the_toy_world(toy_runs):  # noqa: F811
     assert_erased_and_kept(toy_erasure({"name": "safree", "params": {}}, toy_runs))
+
+
+class TestContract(TechniqueContract):
+    name = "safree"

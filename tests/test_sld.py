@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -124,3 +125,8 @@ def toy_runs(tmp_path_factory):
 def test_sld_on_the_toy_world(toy_runs):
     values = toy_erasure({"name": "sld", "params": {"preset": "max", "concept_from_run": True}}, toy_runs)
     assert_erased_and_kept(values)
+
+
+class TestContract(TechniqueContract):
+    name = "sld"
+    params = {"preset": "max", "safety_concept": "a cat"}

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -81,3 +82,8 @@ def test_ssd_on_the_toy_world(tmp_path):
                      retain=["circle", "square", "triangle"])
     assert r["acc_after"] <= r["acc_before"] - 0.125, r
     assert r["ira_after"] >= 0.85 * r["ira_before"], r
+
+
+class TestContract(TechniqueContract):
+    name = "ssd"
+    params = {"num_samples": 2, "parameters": "cross_attention"}

@@ -5,6 +5,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -84,3 +85,9 @@ def test_stereo_on_the_toy_world(tmp_path_factory):
                       "reo_lr": 1e-4})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "stereo"
+    params = {**TINY, "iterations": 1, "n_iterations": 1, "num_adv_concepts": 1, "ti_steps": 1, "ddim_steps": 3,
+              "num_gallery_images": 1}

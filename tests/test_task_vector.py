@@ -4,6 +4,7 @@ import pytest
 import torch
 from _finetune import one_thread, opt_in  # noqa: F401
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 from test_gradient_ascent import TINY, data_loss
 
 from evallearn.config import parse_config
@@ -58,3 +59,8 @@ def test_task_vector_on_the_toy_world(tmp_path_factory):
                      {"num_images": 10, "image_steps": 20, "image_guidance": 6.0, "updates": 60, "lr": 1e-4})
     assert v["acc_after"] <= v["acc_before"] - 0.3, v
     assert v["ira_after"] >= 0.85 * v["ira_before"], v
+
+
+class TestContract(TechniqueContract):
+    name = "task_vector"
+    params = {**TINY, "num_images": 1, "updates": 1, "batch_size": 1}

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from contracts import TechniqueContract
 from test_sld import REQS, assert_batch_invariant, assert_erased_and_kept, needs_toy, pipe, toy_erasure, toy_runs  # noqa: F401, F811
 
 from evallearn.config import parse_config
@@ -46,3 +47,7 @@ def test_negative_guidance_formula_and_batch_invariance(pipe, tiny_pipe_dir, tmp
 @pytest.mark.slow
 def test_trasce_on_the_toy_world(toy_runs):  # noqa: F811
     assert_erased_and_kept(toy_erasure({"name": "trasce", "params": {}}, toy_runs))
+
+
+class TestContract(TechniqueContract):
+    name = "trasce"

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 from _toy_erasure import erase_on_toy, needs_toy
+from contracts import TechniqueContract
 
 from evallearn.config import parse_config
 from evallearn.errors import UserError
@@ -87,3 +88,7 @@ def test_uce_on_the_toy_world(tmp_path):
     r = erase_on_toy(tmp_path, "uce", {"guide": "shape"})  # erases "cross"
     assert r["acc_after"] <= max(0.10, 0.5 * r["acc_before"]), r
     assert r["ira_after"] >= 0.85 * r["ira_before"], r
+
+
+class TestContract(TechniqueContract):
+    name = "uce"
