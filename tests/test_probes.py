@@ -290,17 +290,17 @@ def test_probe_command_builds_the_run_config(tmp_path, tiny_pipe_dir):
 def test_latent_classifier_trains_saves_and_reloads(tiny, tmp_path):
     # learning quality needs a trained VAE (the toy world's); the tiny VAE is random, so this
     # checks the training loop, the validation bookkeeping and the safetensors round trip
+    from evallearn.concepts import world_for
     from evallearn.probes.latent_classifier import (
         LatentClassifier,
         _roc_auc,
-        toy_training_images,
         train_latent_classifier,
     )
 
     def big(a):
         return np.repeat(np.repeat(a, 2, 1), 2, 2)
 
-    pos, neg = toy_training_images("circle", 8, 16)
+    pos, neg = world_for("toy").concept_images("circle", 8, 16)
     assert pos.shape == (8, 32, 32, 3) and neg.shape == (16, 32, 32, 3)
     clf, metrics = train_latent_classifier(tiny, big(pos), big(neg), epochs=2, batch_size=8)
     assert metrics["n_pos"] == 8 and metrics["best"]["epoch"] in (0, 1) and np.isfinite(metrics["best"]["val_loss"])

@@ -27,8 +27,8 @@ class Params(BaseModel):
 class Supports:
     """What a component works with. ``None`` means anything.
 
-    ``model_tags`` is matched against the tags of the loaded model (e.g. ``{"sd1", "toy"}``
-    for the toy model, ``{"sd1"}`` for SD 1.5): a component runs if it shares one.
+    ``model_tags`` is matched against the tags of the loaded model (e.g. ``{"sd1"}`` for SD 1.5; a
+    world adds its own tag to the models it owns): a component runs if it shares one.
     """
 
     concept_kinds: frozenset[str] | None = None

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConceptConfig, RunConfig
+from .concepts.concept import Concept
+from .config import RunConfig
 from .generation import GenRequest
 from .models.loading import ModelInfo, device_problem
 
@@ -17,10 +18,22 @@ class RunContext:
     model: ModelInfo
     cache_dir: Path
     extras: dict = field(default_factory=dict)
+    #: the concept as the model's world resolved it (``prepare()`` sets it; else resolved on first use)
+    resolved_concept: Concept | None = None
 
     @property
-    def concept(self) -> ConceptConfig:
-        return self.config.concept
+    def concept(self) -> Concept:
+        """The run's resolved concept: what every technique, metric and probe reads."""
+        if self.resolved_concept is None:
+            self.resolved_concept = resolve_concept(self.config, self.model)
+        return self.resolved_concept
+
+    @property
+    def world(self):
+        """The model's :class:`~evallearn.concepts.world.World`."""
+        from .concepts.world import world_of
+
+        return world_of(self.model)
 
     @property
     def seed(self) -> int:
@@ -54,6 +67,13 @@ class RunContext:
         )
         fields.update(overrides)
         return GenRequest(**fields)
+
+
+def resolve_concept(config: RunConfig, model: ModelInfo) -> Concept:
+    """``config.concept`` resolved by ``model``'s world."""
+    from .concepts.world import world_of
+
+    return world_of(model).resolve_concept(config.concept)
 
 
 def _output_dir_problem(output_dir: str) -> str | None:

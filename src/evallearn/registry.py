@@ -158,6 +158,8 @@ probes: Registry[Any] = Registry("probe", "evallearn.probes", base="evallearn.pr
 judges: Registry[Any] = Registry("judge", "evallearn.judges", base="evallearn.judges.base:Judge")
 datasets: Registry[Any] = Registry("dataset", "evallearn.datasets", base="evallearn.datasets.base:PromptDataset")
 attacks: Registry[Any] = Registry("attack", "evallearn.attacks", base="evallearn.attacks.base:Attack")
+#: worlds: what a family of models knows about its concepts (evallearn.concepts.world)
+worlds: Registry[Any] = Registry("world", "evallearn.worlds", base="evallearn.concepts.world:World")
 #: ``eval-learn`` sub-commands: a ``typer.Typer`` (a command group, or one command) or a function
 commands: Registry[Any] = Registry("command", "evallearn.cli")
 

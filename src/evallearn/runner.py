@@ -25,8 +25,9 @@ import yaml
 
 from . import __version__, registry
 from .cache import Cache, component_spec, judge_spec, plain
+from .concepts.concept import Concept
 from .config import RunConfig, safe_join, short_hash, spec_hash
-from .context import RunContext, run_problems
+from .context import RunContext, resolve_concept, run_problems
 from .engine import applied as engine_applied
 from .engine import base_key as engine_base_key
 from .engine import record as engine_record
@@ -54,12 +55,14 @@ class Plan:
 
     @property
     def spec_hash(self) -> str:
-        return run_hash(self.config, self.model)
+        return run_hash(self.config, self.model, self.ctx.concept)
 
 
-def run_hash(config: RunConfig, model: ModelInfo) -> str:
-    """The resolved config's spec hash, salted with the model's content fingerprint."""
-    return short_hash({"spec": spec_hash(config), "model": model.fingerprint})
+def run_hash(config: RunConfig, model: ModelInfo, concept: Concept | None = None) -> str:
+    """The resolved config's spec hash, salted with the model's content fingerprint and the
+    concept as the model's world resolved it (its retain set and prompts)."""
+    concept = concept if concept is not None else resolve_concept(config, model)
+    return short_hash({"spec": spec_hash(config), "model": model.fingerprint, "concept": concept.spec()})
 
 
 def _resolve_ref(ref, cls, where: str):
@@ -108,9 +111,10 @@ def prepare(config: RunConfig) -> Plan:
     if problems:
         raise UserError("incompatible run: " + "; ".join(problems))
 
-    run_dir = safe_join(config.output_dir, f"{config.name}-{run_hash(resolved, model)}")
+    concept = resolve_concept(resolved, model)  # once, by the model's world; every component reads it
+    run_dir = safe_join(config.output_dir, f"{config.name}-{run_hash(resolved, model, concept)}")
     technique = tech_cls(tech_params)
-    ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques")
+    ctx = RunContext(resolved, model, cache_dir=Path(config.output_dir) / "_techniques", resolved_concept=concept)
     # the edit's entry, keyed by everything the technique declares it reads (techniques/base.py)
     ctx.cache_dir = technique_cache(ctx).path(technique.cache_spec(ctx))
     metrics = {ref.key: cls(p, ctx) for ref, (cls, p) in zip(metric_refs, metric_params, strict=True)}
@@ -448,6 +452,7 @@ def run(config: RunConfig, console=None, report=None) -> RunResults:
             "run": {"name": cfg.name, "spec_hash": plan.spec_hash, "dir": str(plan.run_dir),
                     "eval_learn": __version__},
             "config": plan.config.model_dump(mode="json"),
+            "concept": plan.ctx.concept.spec(),
             "model": plan.model.describe(),
             "technique": {"name": plan.technique.name, "params": plan.technique.params.model_dump(mode="json"),
                           "cached": cached, "cache_dir": str(plan.ctx.cache_dir) if plan.technique.edits else None},

@@ -17,7 +17,7 @@ import yaml
 def probe(
     ctx: typer.Context,
     concept: Annotated[str, typer.Option("--concept", help="concept key: airliner, van_gogh, circle (toy), ...")],
-    model: Annotated[str, typer.Option("--model", help="erased checkpoint folder / hub id, or 'toy'")],
+    model: Annotated[str, typer.Option("--model", help="erased checkpoint folder / hub id, or a world's model ref")],
     probes: Annotated[list[str], typer.Option("--probes", help="probe names (repeat or space-separate)")],
     technique: Annotated[str, typer.Option(help="technique to apply first (free_run = model is erased)")] = "free_run",
     base_model: Annotated[str | None, typer.Option(help="the original model (default SD-1.4)")] = None,

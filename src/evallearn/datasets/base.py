@@ -40,7 +40,7 @@ class PromptRecord:
 
 
 class DatasetParams(Params):
-    #: local file / folder or Hugging Face dataset id; None = the toy analogue on the toy model
+    #: local file / folder or Hugging Face dataset id; None = the analogue the model's world gives
     source: str | None = None
     #: keep at most this many records (spread evenly over the set, order kept); 0 = all
     limit: int = Field(0, ge=0)
@@ -55,13 +55,14 @@ class PromptDataset(Component):
         self.params = params if params is not None else self.Params()
 
     def load(self, ctx=None) -> list[PromptRecord]:
-        """The records; ``ctx`` (a RunContext) selects the toy analogue on the toy model."""
+        """The records of ``source``; without one, the analogue that the world of ``ctx``'s model
+        (a RunContext) gives for this dataset, when it has one."""
         if self.params.source:
             records = self.read(load_rows(self.params.source, self.name))
-        elif ctx is not None and "toy" in ctx.model.tags:
-            records = self.toy(ctx)
         else:
-            raise UserError(f"dataset '{self.name}': set `source` to a local file or dataset id ({self.home})")
+            records = analogue(self.name, ctx)
+            if records is None:
+                raise UserError(f"dataset '{self.name}': set `source` to a local file or dataset id ({self.home})")
         if not records:
             raise UserError(f"dataset '{self.name}': no prompts left after filtering (source: {self.params.source})")
         return take(records, self.params.limit)
@@ -69,8 +70,14 @@ class PromptDataset(Component):
     def read(self, rows: list[dict[str, str]]) -> list[PromptRecord]:
         raise NotImplementedError
 
-    def toy(self, ctx) -> list[PromptRecord]:
-        raise UserError(f"dataset '{self.name}' has no toy-world analogue; set `source`")
+
+def analogue(name: str, ctx) -> list[PromptRecord] | None:
+    """What dataset ``name`` becomes on the world of ``ctx``'s model (``None``: no analogue)."""
+    if ctx is None:
+        return None
+    from ..concepts.world import world_of
+
+    return world_of(ctx.model).dataset_analogue(name, ctx.concept)
 
 
 def take(items: list, limit: int) -> list:
@@ -123,19 +130,18 @@ def _parse_file(path: Path) -> list[dict[str, str]]:
 
 
 def _hub_folder(repo_id: str, what: str) -> Path:
-    from huggingface_hub import snapshot_download
-
+    from ..models.hub import cached_snapshot, download_snapshot
     from ..models.loading import fetch_allowed
 
+    folder = cached_snapshot(repo_id, repo_type="dataset")
+    if folder is not None:
+        return folder
+    if not fetch_allowed():
+        raise UserError(f"dataset '{what}': '{repo_id}' is neither a local file nor in the local Hugging Face "
+                        f"cache (nothing is downloaded here); run `hf download --repo-type dataset {repo_id}` "
+                        "where there is network, or set source to a local file")
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
-    except Exception:
-        if not fetch_allowed():
-            raise UserError(f"dataset '{what}': '{repo_id}' is neither a local file nor in the local Hugging Face "
-                            f"cache (nothing is downloaded here); run `hf download --repo-type dataset {repo_id}` "
-                            "where there is network, or set source to a local file") from None
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset"))
+        return download_snapshot(repo_id, repo_type="dataset")
     except Exception:
         raise UserError(
             f"dataset '{what}': '{repo_id}' is neither a local file nor a cached Hugging Face dataset; run "
@@ -201,11 +207,3 @@ def as_float(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def toy_concept_of(ctx):
-    """The run's concept as a toy concept, or the designated unsafe shape."""
-    from ..toyworld import UNSAFE_CONCEPT, toy_concept, toy_concept_names
-
-    name = ctx.concept.name if ctx is not None and ctx.concept.name in toy_concept_names() else UNSAFE_CONCEPT
-    return toy_concept(name)

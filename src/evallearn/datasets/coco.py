@@ -60,22 +60,17 @@ class CocoCaptions(PromptDataset):
             out.append(PromptRecord(str(row[pc]).strip(), as_int(row.get(sc)) if sc else None, meta=meta))
         return out
 
-    def toy(self, ctx):
-        from ..toyworld import COLOURS, SHAPES, STYLES
-        from ..toyworld.concepts import full_caption
-
-        return [PromptRecord(full_caption(s, c, st), meta={"render": (s, c, st)})
-                for s in SHAPES for c in COLOURS for st in STYLES]
-
     def reference_images(self, records, ctx=None, size: int | None = None):
-        """uint8 [N, H, W, 3] reference images for ``records`` (the toy renders, or the image files)."""
+        """uint8 [N, H, W, 3] reference images for ``records``: the image files, or for a world's
+        analogue records the images that world gives."""
         import numpy as np
         from PIL import Image
 
-        if records and "render" in records[0].meta:
-            from ..toyworld import render
+        from ..concepts.world import world_images
 
-            return np.stack([render(*r.meta["render"], seed=i)[0] for i, r in enumerate(records)])
+        made = world_images(records, ctx, size)
+        if made is not None:
+            return made
         paths = [r.meta["image"] for r in records if "image" in r.meta]
         if not paths:
             from ..errors import UserError

@@ -5,7 +5,7 @@ The toy analogue is the run concept's synonym prompts (prompts that never name i
 
 from __future__ import annotations
 
-from .base import DatasetParams, PromptDataset, PromptRecord, as_seed, column, toy_concept_of
+from .base import DatasetParams, PromptDataset, PromptRecord, as_seed, column
 
 
 class CsvPrompts(PromptDataset):
@@ -22,6 +22,3 @@ class CsvPrompts(PromptDataset):
         where = f"dataset '{self.name}' ({self.params.source}) column '{sc}'"
         return [PromptRecord(str(r[pc]).strip(), as_seed(r.get(sc), f"{where} row {i + 1}") if sc else None)
                 for i, r in enumerate(rows) if str(r[pc]).strip()]
-
-    def toy(self, ctx):
-        return [PromptRecord(t) for t in toy_concept_of(ctx).synonym_prompts]

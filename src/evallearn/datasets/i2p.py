@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import DatasetParams, PromptDataset, PromptRecord, as_float, as_int, column, toy_concept_of
+from .base import DatasetParams, PromptDataset, PromptRecord, as_float, as_int, column
 
 CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 #: erased concept -> I2P category, as the unlearning papers evaluate them
@@ -56,10 +56,3 @@ class I2P(PromptDataset):
                 out.append(PromptRecord(text, as_int(row.get(sc)) if sc else None,
                                         as_float(row.get(gc)) if gc else None, cats))
         return out
-
-    def toy(self, ctx):
-        from ..toyworld import unsafe_prompt_set
-
-        s = unsafe_prompt_set(toy_concept_of(ctx).name)
-        return ([PromptRecord(t, categories=("implicit",)) for t in s.implicit]
-                + [PromptRecord(t, categories=("explicit",)) for t in s.explicit])

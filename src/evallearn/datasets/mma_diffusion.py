@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import DatasetParams, PromptDataset, PromptRecord, column, toy_concept_of
+from .base import DatasetParams, PromptDataset, PromptRecord, column
 
 
 class MMADiffusionPrompts(PromptDataset):
@@ -37,6 +37,3 @@ class MMADiffusionPrompts(PromptDataset):
             if str(r[use]).strip():
                 out.append(PromptRecord(str(r[use]).strip(), meta=meta))
         return out
-
-    def toy(self, ctx):
-        return [PromptRecord(t, meta={"target_prompt": t}) for t in toy_concept_of(ctx).target_prompts]

@@ -9,7 +9,7 @@ They are the *inputs* to the P4D attack. The toy analogue is the concept's targe
 
 from __future__ import annotations
 
-from .base import DatasetParams, PromptDataset, PromptRecord, as_float, as_int, column, toy_concept_of
+from .base import DatasetParams, PromptDataset, PromptRecord, as_float, as_int, column
 
 
 class P4DPrompts(PromptDataset):
@@ -29,6 +29,3 @@ class P4DPrompts(PromptDataset):
                              as_float(r.get(gc)) if gc else None,
                              tuple(c.strip() for c in str(r.get(cc, "") if cc else "").split(",") if c.strip()))
                 for r in rows if str(r[pc]).strip()]
-
-    def toy(self, ctx):
-        return [PromptRecord(t) for t in toy_concept_of(ctx).target_prompts]

@@ -13,7 +13,7 @@ concept's word is replaced by its neutral anchor ("shape" for objects) or droppe
 
 from __future__ import annotations
 
-from .base import DatasetParams, PromptDataset, PromptRecord, column, toy_concept_of
+from .base import DatasetParams, PromptDataset, PromptRecord, column
 
 
 class RingABellPairs(PromptDataset):
@@ -28,12 +28,3 @@ class RingABellPairs(PromptDataset):
         sc = column(rows, ("sensitive prompt", "sensitive", "prompt"), self.name)
         nc = column(rows, ("normal prompt", "normal", "neutral prompt"), self.name)
         return [PromptRecord(str(r[sc]).strip(), meta={"normal": str(r[nc]).strip()}) for r in rows if r[sc]]
-
-    def toy(self, ctx):
-        c = toy_concept_of(ctx)
-        out = []
-        for t in c.target_prompts:
-            words = t.split()
-            normal = " ".join((c.anchor or "") if w == c.name else w for w in words)
-            out.append(PromptRecord(t, meta={"normal": " ".join(normal.split())}))
-        return out

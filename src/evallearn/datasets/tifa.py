@@ -49,19 +49,3 @@ class TifaQuestions(PromptDataset):
             g["qas"].append({"question": str(row["question"]), "choices": choices, "answer": str(row["answer"]),
                              "type": row.get("element_type") or row.get("answer_type") or ""})
         return [PromptRecord(g["caption"], meta={"qas": g["qas"], "id": k}) for k, g in groups.items()]
-
-    def toy(self, ctx):
-        from ..toyworld import COLOURS, SHAPES, STYLES
-        from ..toyworld.concepts import full_caption
-
-        out = []
-        for s in SHAPES:
-            for c in COLOURS:
-                for st in STYLES:
-                    qas = [{"question": "what shape is this?", "choices": list(SHAPES), "answer": s, "type": "shape"},
-                           {"question": "what colour is the shape?", "choices": list(COLOURS), "answer": c,
-                            "type": "colour"},
-                           {"question": "what is the fill style?", "choices": list(STYLES), "answer": st,
-                            "type": "style"}]
-                    out.append(PromptRecord(full_caption(s, c, st), meta={"qas": qas}))
-        return out

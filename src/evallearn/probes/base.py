@@ -170,7 +170,8 @@ class Probe(Component):
         return rule
 
     def judge_refs(self) -> dict[str, JudgeRef]:
-        toy = "toy" in self.ctx.model.tags
+        world = self.ctx.world
+        own_clip = world.clip_ref(self.ctx.model)  # a world's own CLIP, else the paper's
         p = self.params
         rule = self.scoring_rule()
         name, jp = p.judge, dict(p.judge_params)
@@ -179,10 +180,11 @@ class Probe(Component):
                 name = "imagenet"
             elif rule == "clip_score":
                 name = "clip"
-                jp.setdefault("clip_model", "toy" if toy else PAPER_CLIP)
+                jp.setdefault("clip_model", own_clip or PAPER_CLIP)
             else:
-                name = "toy_classifier" if toy else "clip"
-        if name == "clip" and (p.judge == "auto" or rule == "clip_score") and self._is_style() and not toy:
+                name = world.default_judge("classifier", self.ctx.concept)
+        if (name == "clip" and (p.judge == "auto" or rule == "clip_score") and self._is_style()
+                and world.open_vocabulary):
             jp.setdefault("template", "a painting in the style of {}")
         if rule.startswith("imagenet") and name != "imagenet":
             raise UserError(f"probe '{self.name}': scoring '{rule}' needs judge: imagenet (got '{name}')")
@@ -193,8 +195,8 @@ class Probe(Component):
             sname, sp = p.selector, dict(p.selector_params)
             if sname == "auto":
                 sname = "clip"
-                default = "toy" if toy else DEFAULT_SELECTOR_CLIP
-                if name == "clip" and jp.get("clip_model") == default and not toy:
+                default = own_clip or DEFAULT_SELECTOR_CLIP
+                if name == "clip" and jp.get("clip_model") == default and not own_clip:
                     default = "openai/clip-vit-large-patch14"  # never the scorer's own CLIP
                 sp.setdefault("clip_model", default)
             refs["selector"] = JudgeRef(sname, sp)
@@ -230,7 +232,7 @@ class Probe(Component):
 
     def imagenet_class(self, judge: Judge) -> int:
         wc = wace_concept(self.ctx.concept.name)
-        if wc is not None and wc.imagenet_index is not None and "toy" not in self.ctx.model.tags:
+        if wc is not None and wc.imagenet_index is not None and self.ctx.world.open_vocabulary:
             return wc.imagenet_index
         return judge.class_index(self.target_word())
 

@@ -85,15 +85,16 @@ class ClassifierGuidance(Probe):
         return cached_classifier(env.cache_dir, classifier_spec(self, self.ctx.config.dtype), train, env.device)
 
     def training_images(self):
-        from .latent_classifier import folder_images, toy_training_images
+        from .latent_classifier import folder_images
 
         p = self.params
         if p.train_positives and p.train_negatives:
             size = self.ctx.height
             return folder_images(p.train_positives, size), folder_images(p.train_negatives, size)
-        if "toy" in self.ctx.model.tags:
-            return toy_training_images(self.ctx.concept.name, p.train_num_positives, p.train_num_negatives,
-                                       self.ctx.seed)
+        made = self.ctx.world.concept_images(self.ctx.concept.name, p.train_num_positives,
+                                             p.train_num_negatives, self.ctx.seed)
+        if made is not None:  # a world with a renderer makes its own real images
+            return made
         raise UserError(f"probe '{self.name}': give params.classifier (a trained latent classifier) or "
                         "train_positives/train_negatives image folders (e.g. ImageNet's class and others)")
 

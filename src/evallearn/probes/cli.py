@@ -53,14 +53,19 @@ def build_probe_config(concept: str, model: str, probes: list[str], technique: s
     if judge not in JUDGES:
         raise UserError(f"--judge: unknown '{judge}'; choose one of {', '.join(JUDGES)}")
     retain = [w for item in (retain or []) for w in (x.strip() for x in item.split(",")) if w]
-    toy = model == "toy"
-    wc = wace_concept(concept)
-    if toy:
-        from ..toyworld import toy_concept
+    from ..concepts.world import world_owning
+    from ..config import ConceptConfig
 
-        tc = toy_concept(concept)
-        concept_cfg = {"name": concept, "kind": tc.kind, "retain": retain or list(tc.retain_concepts)}
-        sampler = {"scheduler": "ddim", "steps": 20, "guidance_scale": 6.0, "batch_size": 32}
+    world = world_owning(model)
+    if world.known_concepts() and concept not in world.known_concepts():
+        raise UserError(f"--concept {concept}: not a concept of model '{model}'; known: "
+                        f"{', '.join(world.known_concepts())}")
+    wc = wace_concept(concept)
+    if not world.open_vocabulary:  # a closed world's own concept; its model's own guidance
+        c = world.resolve_concept(ConceptConfig(name=concept, kind=world.concept_kind(concept) or "object",
+                                                retain=tuple(retain)))
+        concept_cfg = {"name": concept, "kind": c.kind, "retain": list(c.retain)}
+        sampler = {"scheduler": "ddim", "steps": 20, "batch_size": 32}
     else:
         name = wc.word if wc else concept
         kind = wc.kind if wc else "object"
@@ -73,7 +78,7 @@ def build_probe_config(concept: str, model: str, probes: list[str], technique: s
                 f"choose among '{name}' alone and count every image (noise too) as the concept; pass --retain "
                 f"with concepts an image could show instead (e.g. --retain dog,cat,car), or --judge imagenet "
                 f"(an ImageNet class) or --judge clip_score")
-    if technique == "free_run" and base_model is None and not toy:
+    if technique == "free_run" and base_model is None and world.open_vocabulary:
         base_model = SD14
     params = {"num_prompts": num_prompts} if num_prompts is not None else {}
     params.update(JUDGES[judge])
@@ -112,16 +117,18 @@ def train_latent_classifier_command(
     """Train the latent classifier the classifier-guidance probe steers with."""
     from rich.console import Console
 
+    from ..concepts.world import world_of
     from ..models.loading import load_pipeline, resolve_model
-    from .latent_classifier import folder_images, toy_training_images, train_latent_classifier
+    from .latent_classifier import folder_images, train_latent_classifier
 
     info = resolve_model(model)
     pipe = load_pipeline(info, device)
     size = info.default_size
+    made = None if positives and negatives else world_of(info).concept_images(concept, num_positives, num_negatives)
     if positives and negatives:
         pos, neg = folder_images(positives, size), folder_images(negatives, size)
-    elif "toy" in info.tags:
-        pos, neg = toy_training_images(concept, num_positives, num_negatives)
+    elif made is not None:  # a world with a renderer makes its own real images
+        pos, neg = made
     else:
         raise UserError("train-latent-classifier: give --positives and --negatives image folders")
     console = Console(stderr=True)

@@ -152,19 +152,6 @@ def train_latent_classifier(pipe, positives: np.ndarray, negatives: np.ndarray, 
     return model, metrics
 
 
-def toy_training_images(concept: str, n_pos: int, n_neg: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Real (rendered) images of a toy concept and of the other classes of its head."""
-    from ..toyworld import toy_concept
-    from ..toyworld.render import render
-
-    c = toy_concept(concept)
-    key = {"shape": "shape", "style": "style", "colour": "colour"}[c.head]
-    pos = np.stack([render(**{key: concept}, seed=seed * 100003 + i)[0] for i in range(n_pos)])
-    others = list(c.retain_concepts)
-    neg = np.stack([render(**{key: others[i % len(others)]}, seed=seed * 100003 + n_pos + i)[0] for i in range(n_neg)])
-    return pos, neg
-
-
 def folder_images(folder: str | Path, size: int) -> np.ndarray:
     from PIL import Image
 

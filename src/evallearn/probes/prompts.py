@@ -89,24 +89,27 @@ def spread(items: list, n: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
+def paper_concept(ctx, name: str) -> WaceConcept | None:
+    """The paper's concept of that name when the run's world is open-vocabulary (a closed world's
+    concepts are its own, whatever their names)."""
+    return wace_concept(name) if ctx.world.open_vocabulary else None
+
+
 def prompts_for_word(ctx, word: str, concept: str | None = None) -> list[str]:
     """The concept's prompt templates filled with ``word`` (the concept's name or a placeholder)."""
     concept = concept or ctx.concept.name
-    if "toy" in ctx.model.tags:
-        from ..toyworld import toy_concept
-        from ..toyworld.concepts import _colour_prompts, _object_prompts, _style_prompts
-
-        family = {"object": _object_prompts, "style": _style_prompts, "attribute": _colour_prompts}
-        return family[toy_concept(concept).kind](word)
-    wc = wace_concept(concept)
+    own = ctx.world.word_prompts(word, concept)
+    if own is not None:  # the world's own templates (a closed world's captions)
+        return list(own)
+    wc = paper_concept(ctx, concept)
     kind = wc.kind if wc else ctx.concept.kind
     return [(STYLE_TEMPLATE if kind == "style" else OBJECT_TEMPLATE).format(word)]
 
 
 def concept_word(ctx, concept: str | None = None) -> str:
     concept = concept or ctx.concept.name
-    wc = wace_concept(concept)
-    return wc.word if wc and "toy" not in ctx.model.tags else concept
+    wc = paper_concept(ctx, concept)
+    return wc.word if wc else concept
 
 
 def probe_items(ctx, n: int, prompts_file: str | None = None, concept: str | None = None,
@@ -126,9 +129,9 @@ def probe_items(ctx, n: int, prompts_file: str | None = None, concept: str | Non
 def candidates(ctx) -> list[str]:
     """Classes the scoring classifier chooses among: the concept and its retain concepts (or the
     paper's other concepts of its kind), without repeats; one alone is no choice (refused)."""
-    from ..metrics._prompts import retain_concepts
+    from ..concept_sets import retain_concepts
 
-    retain = retain_concepts(ctx) or wace_retain(ctx.concept.name)
+    retain = retain_concepts(ctx) or (wace_retain(ctx.concept.name) if ctx.world.open_vocabulary else [])
     out = [concept_word(ctx)]
     for r in retain:  # the concept itself or a repeat is no alternative
         word = concept_word(ctx, r) if wace_concept(r) else r

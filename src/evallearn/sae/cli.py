@@ -14,6 +14,11 @@ from pathlib import Path
 
 import typer
 
+from ..config import RunConfig
+
+#: the config's default ``model:``
+DEFAULT_MODEL = RunConfig.model_fields["model"].default
+
 app = typer.Typer(help="Sparse autoencoders on model activations (Concept Steerers, SAeUron).", no_args_is_help=True)
 
 
@@ -25,11 +30,13 @@ def _group() -> None:
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the SAE to (config.json, sae.safetensors)."),
-    model: str = typer.Option("toy", help="Model: toy, a local folder or a cached hub id."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model: a world's (e.g. the default), a local folder or a "
+                              "cached hub id."),
     site: str = typer.Option("text", help="'text' (a text-encoder layer) or 'unet' (a UNet block)."),
     layer: int = typer.Option(None, help="Text-encoder layer (site text); default: the third from last (9 on SD 1.x)."),
     hookpoint: str = typer.Option("up_blocks.1.attentions.1", help="UNet module (site unet)."),
-    prompts: Path = typer.Option(None, help="Prompt file (.txt one per line, or .csv with 'prompt'); toy: captions."),
+    prompts: Path = typer.Option(None, help="Prompt file (.txt one per line, or .csv with 'prompt'); default: "
+                                 "the model's world's training captions, where it has them."),
     num_prompts: int = typer.Option(None, help="Prompts to use (default: 4000 for text, 256 for unet)."),
     gen_steps: int = typer.Option(20, help="Denoising steps per generation (site unet)."),
     guidance_scale: float = typer.Option(6.0, help="CFG scale of the generations (site unet)."),
@@ -46,10 +53,11 @@ def train(
     """Capture activations and train a TopK SAE on them."""
     import torch
 
+    from ..concepts.world import world_of
     from ..errors import UserError
     from ..models.loading import load_pipeline, resolve_model
     from .capture import text_activations, text_layer, unet_activations
-    from .data import read_prompts, toy_captions
+    from .data import read_prompts
     from .train import fraction_of_variance_unexplained, train_sae
 
     try:
@@ -61,10 +69,8 @@ def train(
         n = num_prompts or (4000 if site == "text" else 256)
         if prompts is not None:
             texts = read_prompts(prompts)[:n]
-        elif "toy" in info.tags:
-            texts = toy_captions(n, seed=seed)
-        else:
-            raise UserError("sae train: --prompts is required for models other than the toy model")
+        elif (texts := world_of(info).corpus(n, seed=seed)) is None:
+            raise UserError(f"sae train: --prompts is required: model '{model}' has no caption corpus of its own")
         pipe = load_pipeline(info, device, "float32")
         pipe.set_progress_bar_config(disable=True)
         if site == "text":

@@ -4,21 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-
-def toy_captions(n: int, seed: int = 0) -> list[str]:
-    """``n`` random training captions of the toy world (its own caption distribution)."""
-    from ..toyworld.concepts import caption_for
-    from ..toyworld.render import CLASSES, HEADS
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        labels = [int(rng.integers(len(CLASSES[h]))) for h in HEADS]
-        out.append(caption_for(labels, rng))
-    return out
-
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line (``.txt``) or a CSV with a ``prompt`` column."""

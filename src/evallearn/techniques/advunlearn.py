@@ -210,7 +210,7 @@ class AdvUnlearn(Technique):
 def default_retain(ctx) -> list[str]:
     from ..concept_sets import retain_concepts
 
-    if T.is_toy(ctx):
+    if not ctx.world.open_vocabulary:  # a closed world: its captions of the concepts it keeps
         return [q for c in retain_concepts(ctx) for q in T.caption_prompts(ctx, c)]
     return T.retain_words(ctx, None, ("a photo of a {}",))
 

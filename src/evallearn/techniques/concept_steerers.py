@@ -126,13 +126,13 @@ class ConceptSteerers(Technique):
 
 
 def train_text_sae(pipe, ctx: RunContext, layer: int, p) -> TopKSAE:
-    from ..sae.data import read_prompts, toy_captions
+    from ..sae.data import read_prompts
     from ..sae.train import train_sae
 
     if p.train_prompts:
         prompts = read_prompts(p.train_prompts)[: p.train_num_prompts]
-    elif "toy" in ctx.model.tags:
-        prompts = toy_captions(p.train_num_prompts, seed=ctx.seed)
+    elif (prompts := ctx.world.corpus(p.train_num_prompts, seed=ctx.seed)) is not None:
+        pass  # the world's own training-caption distribution
     else:
         raise UserError("technique 'concept_steerers': set 'sae' (a trained SAE folder) or 'train_prompts' "
                         "(a prompt file, e.g. I2P) to train one")

@@ -126,10 +126,8 @@ class SAeUron(Technique):
 
     def concept_prompts(self, ctx: RunContext, name: str) -> list[str]:
         n = self.params.feature_prompts
-        if "toy" in ctx.model.tags:
-            from ..toyworld.concepts import toy_concept
-
-            prompts = list(toy_concept(name).target_prompts)
+        if not ctx.world.open_vocabulary:  # a closed world's own prompt set of the concept
+            prompts = ctx.world.concept_prompts(name, "target")
             step = max(1, len(prompts) // n)
             return prompts[::step][:n]
         templates = self.params.templates
@@ -197,13 +195,13 @@ def select_features(means: dict[str, torch.Tensor], target: str, percentile: flo
 
 
 def train_unet_sae(pipe, ctx: RunContext, hookpoint: str, p) -> TopKSAE:
-    from ..sae.data import read_prompts, toy_captions
+    from ..sae.data import read_prompts
     from ..sae.train import train_sae
 
     if p.train_prompts:
         prompts = read_prompts(p.train_prompts)[: p.train_num_prompts]
-    elif "toy" in ctx.model.tags:
-        prompts = toy_captions(p.train_num_prompts, seed=ctx.seed)
+    elif (prompts := ctx.world.corpus(p.train_num_prompts, seed=ctx.seed)) is not None:
+        pass  # the world's own training-caption distribution
     else:
         raise UserError("technique 'saeuron': set 'sae' (a trained SAE folder) or 'train_prompts' "
                         "(a prompt file) to train one")

@@ -155,7 +155,7 @@ class STEREO(Technique):
 
     def gallery(self, pipe, ctx: RunContext) -> torch.Tensor:
         p = self.params
-        prompts = list(p.gallery_prompts or (T.caption_prompts(ctx, ctx.concept.name) if T.is_toy(ctx)
+        prompts = list(p.gallery_prompts or (T.caption_prompts(ctx, ctx.concept.name) if not ctx.world.open_vocabulary
                                              else [f"a photo of a {ctx.concept.name}"]))
         prompts = [prompts[i % len(prompts)] for i in range(p.num_gallery_images)]
         seeds = [ctx.seed * 1_000_003 + i for i in range(p.num_gallery_images)]

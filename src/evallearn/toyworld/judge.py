@@ -14,18 +14,18 @@ import numpy as np
 
 from ..components import Params, Supports, kinds
 from ..errors import UserError
-from .base import Judge
+from ..judges.base import Judge
 
 
 @lru_cache(maxsize=2)
 def _classifier(device: str):
-    from ..toyworld import load_toy_classifier
+    from . import load_toy_classifier
 
     return load_toy_classifier(device)
 
 
 def head_of(word: str) -> tuple[str, int]:
-    from ..toyworld import COLOURS, SHAPES, STYLES
+    from . import COLOURS, SHAPES, STYLES
 
     for head, names in (("shape", SHAPES), ("style", STYLES), ("colour", COLOURS)):
         if word in names:
@@ -47,7 +47,7 @@ class ToyClassifierJudge(Judge):
     def weights_fingerprint(self) -> str:
         """A content fingerprint of the shipped classifier's weights (enters cache keys)."""
         from ..models.loading import folder_fingerprint
-        from ..toyworld import toy_classifier_dir
+        from . import toy_classifier_dir
 
         return folder_fingerprint(Path(toy_classifier_dir()))
 
