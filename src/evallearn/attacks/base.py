@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..cache import Cache, component_spec, plain
 from ..components import Component, Params
+from ..models import text
 from ..store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -91,23 +92,13 @@ def _load_prompts(folder: Path) -> list[tuple[str, str, float]]:
 # -- text-encoder helpers -------------------------------------------------------------------
 
 
-def token_ids(pipe, texts: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer
-    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+token_ids = text.token_ids
 
 
 def encode(text_encoder, ids: torch.Tensor, token_embeds: torch.Tensor | None = None):
     """(last hidden state [B, 77, d], pooled EOS state [B, d]) of ``ids``; with ``token_embeds``
     ([B, 77, d]) the token-embedding lookup is replaced by them (so gradients reach them)."""
-    handle = None
-    if token_embeds is not None:
-        handle = text_encoder.get_input_embeddings().register_forward_hook(lambda m, i, o: token_embeds.to(o.dtype))
-    try:
-        out = text_encoder(ids)
-    finally:
-        if handle is not None:
-            handle.remove()
+    out = text.encode(text_encoder, ids, token_embeds)
     return out[0], out[1]
 
 

@@ -15,26 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..generation import to_uint8
+from ..models.sampling import initial_latents, seed_generators, vae_posterior
 
 if TYPE_CHECKING:
     import torch
 
 
-def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-    import torch
-
-    ch = pipe.unet.config.in_channels
-    f = pipe.vae_scale_factor
-    dtype = pipe.unet.dtype
-    out = [torch.randn((1, ch, height // f, width // f), generator=torch.Generator("cpu").manual_seed(int(s)),
-                       dtype=torch.float32) for s in seeds]
-    return torch.cat(out).to(pipe.device, dtype)
-
-
 def step_generators(seeds: Sequence[int], offset: int = 1) -> list[torch.Generator]:
-    import torch
-
-    return [torch.Generator("cpu").manual_seed(int(s) + offset) for s in seeds]
+    return seed_generators(seeds, offset)
 
 
 def run(pipe, items, scheduler, *, latents=None, output_type: str = "np", **kwargs) -> np.ndarray | torch.Tensor:
@@ -64,8 +52,7 @@ def encode(pipe, images: np.ndarray, sample: bool = False, generator=None) -> to
     import torch
 
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    x = x.to(pipe.device, pipe.vae.dtype)
+    dist = vae_posterior(pipe.vae, x.to(pipe.device, pipe.vae.dtype))
     with torch.no_grad():
-        dist = pipe.vae.encode(x).latent_dist
         z = dist.sample(generator) if sample else dist.mean
     return z * pipe.vae.config.scaling_factor

@@ -35,6 +35,7 @@ from pydantic import Field
 
 from ..config import safe_join, short_hash
 from ..generation import make_scheduler
+from ..models import text
 from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
@@ -167,33 +168,31 @@ class TextualInversion(Probe):
         losses = []
         unet_grad = [q.requires_grad for q in pipe.unet.parameters()]
         pipe.unet.requires_grad_(False)
-        handle = emb.register_forward_hook(inject)
-        try:
-            for _step in range(p.train_steps):
-                total = 0.0
-                for _ in range(p.gradient_accumulation):
-                    i, caption, flip = self.draw(gen, len(images))
-                    eps_vae = torch.randn(mean[i, int(flip)].shape, generator=gen).to(mean)
-                    z = (mean[i, int(flip)] + std[i, int(flip)] * eps_vae)[None].to(pipe.unet.dtype)
-                    noise = torch.randn(z.shape, generator=gen).to(z)
-                    t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen)
-                    a = alphas[t].to(z)
-                    x_t = a.sqrt() * z + (1 - a).sqrt() * noise
-                    ids = tok(caption, padding="max_length", max_length=tok.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(te.device)
-                    cond = te(ids)[0].to(pipe.unet.dtype)
-                    pred = pipe.unet(x_t, t.to(z.device), encoder_hidden_states=cond).sample
-                    target = denoising_target(pipe, z, noise, t.to(z.device))
-                    loss = F.mse_loss(pred.float(), target.float()) / p.gradient_accumulation
-                    loss.backward()
-                    total += float(loss.detach())
-                opt.step()
-                opt.zero_grad()
-                losses.append(total)
-        finally:
-            handle.remove()
-            for q, g in zip(pipe.unet.parameters(), unet_grad, strict=True):
-                q.requires_grad_(g)
+        with text.embedding_hook(te, inject):
+            try:
+                for _step in range(p.train_steps):
+                    total = 0.0
+                    for _ in range(p.gradient_accumulation):
+                        i, caption, flip = self.draw(gen, len(images))
+                        eps_vae = torch.randn(mean[i, int(flip)].shape, generator=gen).to(mean)
+                        z = (mean[i, int(flip)] + std[i, int(flip)] * eps_vae)[None].to(pipe.unet.dtype)
+                        noise = torch.randn(z.shape, generator=gen).to(z)
+                        t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen)
+                        a = alphas[t].to(z)
+                        x_t = a.sqrt() * z + (1 - a).sqrt() * noise
+                        ids = text.tokenize(tok, caption).input_ids.to(te.device)
+                        cond = te(ids)[0].to(pipe.unet.dtype)
+                        pred = pipe.unet(x_t, t.to(z.device), encoder_hidden_states=cond).sample
+                        target = denoising_target(pipe, z, noise, t.to(z.device))
+                        loss = F.mse_loss(pred.float(), target.float()) / p.gradient_accumulation
+                        loss.backward()
+                        total += float(loss.detach())
+                    opt.step()
+                    opt.zero_grad()
+                    losses.append(total)
+            finally:
+                for q, g in zip(pipe.unet.parameters(), unet_grad, strict=True):
+                    q.requires_grad_(g)
         if not torch.isfinite(vec).all():
             raise RuntimeError("textual_inversion: the learned embedding is not finite")
         with torch.no_grad():

@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import Field
 
 from ..generation import make_scheduler
+from ..models import text
 from ..models.prediction import denoising_target
 from . import _sampling
 from .base import Probe, ProbeEnv, ProbeResult, SelectingParams
@@ -130,8 +131,7 @@ class UnlearnDiffAtk(Probe):
     def _prompt_ids(self, tok, prompt: str, k: int, device) -> torch.Tensor:
         import torch
 
-        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length - k, truncation=True,
-                  return_tensors="pt").input_ids[0]
+        ids = text.tokenize(tok, prompt, tok.model_max_length - k).input_ids[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else int(ids[-1])
         return torch.cat([ids[:1], torch.full((k,), int(pad)), ids[1:]]).unsqueeze(0).to(device)
 
@@ -159,34 +159,33 @@ class UnlearnDiffAtk(Probe):
 
         x0 = _sampling.encode(pipe, target[None])
         alphas = pipe.scheduler.alphas_cumprod
-        handle = te.get_input_embeddings().register_forward_hook(hook)
-        was = [q.requires_grad for q in unet.parameters()]
-        te_was = [q.requires_grad for q in te.parameters()]
-        unet.requires_grad_(False)
-        te.requires_grad_(False)
-        rounds = []
-        try:
-            for t in self.timesteps(pipe):
-                tt = torch.tensor([t], device=x0.device)
-                a = alphas[t].to(x0)
-                losses = []
-                for _ in range(p.iterations):
-                    one_hot = opt.sample()
-                    state["emb"] = one_hot @ table
-                    noise = torch.randn(x0.shape, generator=gen).to(x0)
-                    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                    cond = te(ids)[0].to(unet.dtype)
-                    pred = unet(x_t, tt, encoder_hidden_states=cond).sample
-                    loss = F.mse_loss(pred.float(), denoising_target(pipe, x0, noise, tt).float())
-                    opt.step(torch.autograd.grad(loss, [one_hot])[0])
-                    losses.append(float(loss.detach()))
-                rounds.append({"t": t, "ids": opt.tokens().tolist(), "loss": float(np.mean(losses))})
-        finally:
-            handle.remove()
-            for q, g in zip(unet.parameters(), was, strict=True):
-                q.requires_grad_(g)
-            for q, g in zip(te.parameters(), te_was, strict=True):
-                q.requires_grad_(g)
+        with text.embedding_hook(te, hook):
+            was = [q.requires_grad for q in unet.parameters()]
+            te_was = [q.requires_grad for q in te.parameters()]
+            unet.requires_grad_(False)
+            te.requires_grad_(False)
+            rounds = []
+            try:
+                for t in self.timesteps(pipe):
+                    tt = torch.tensor([t], device=x0.device)
+                    a = alphas[t].to(x0)
+                    losses = []
+                    for _ in range(p.iterations):
+                        one_hot = opt.sample()
+                        state["emb"] = one_hot @ table
+                        noise = torch.randn(x0.shape, generator=gen).to(x0)
+                        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                        cond = te(ids)[0].to(unet.dtype)
+                        pred = unet(x_t, tt, encoder_hidden_states=cond).sample
+                        loss = F.mse_loss(pred.float(), denoising_target(pipe, x0, noise, tt).float())
+                        opt.step(torch.autograd.grad(loss, [one_hot])[0])
+                        losses.append(float(loss.detach()))
+                    rounds.append({"t": t, "ids": opt.tokens().tolist(), "loss": float(np.mean(losses))})
+            finally:
+                for q, g in zip(unet.parameters(), was, strict=True):
+                    q.requires_grad_(g)
+                for q, g in zip(te.parameters(), te_was, strict=True):
+                    q.requires_grad_(g)
         for r in rounds:
             r["adversarial_prompt"] = tok.decode(r["ids"]) + " | " + item[0]
         return {"rounds": rounds, "num_tokens": k}

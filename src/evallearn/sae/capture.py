@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .._torch import no_grad
+from ..models import text
+from ..models.sampling import seed_generators
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +90,7 @@ def text_activations(pipe, prompts: Sequence[str], layer: int | None = None, bat
     tok = pipe.tokenizer
     with hooked(module, lambda m, i, o: out.append(first(o).detach().float().cpu())):
         for s in range(0, len(prompts), batch_size):
-            ids = tok(list(prompts[s : s + batch_size]), padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids
+            ids = text.tokenize(tok, prompts[s : s + batch_size]).input_ids
             pipe.text_encoder(ids.to(pipe.text_encoder.device))
     return torch.cat(out)
 
@@ -112,7 +113,7 @@ def unet_activations(pipe, prompts: Sequence[str], hookpoint: str, steps: int, g
             h = h.chunk(2)[1] if guidance_scale > 1.0 else h
             per_step.append(h.flatten(2).transpose(1, 2).cpu())  # [B, HW, C]
 
-        gens = [torch.Generator("cpu").manual_seed(int(x)) for x in seeds[s : s + batch_size]]
+        gens = seed_generators(seeds[s : s + batch_size])
         with hooked(module, hook):
             pipe(prompt=chunk, negative_prompt=[""] * len(chunk), num_inference_steps=steps,
                  guidance_scale=guidance_scale, generator=gens, output_type="latent", height=height, width=width)

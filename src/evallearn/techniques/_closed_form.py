@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .._torch import no_grad
 from ..errors import UserError
+from ..models import text
 
 if TYPE_CHECKING:
     import torch
@@ -41,9 +42,7 @@ def cross_attention_projections(unet, with_to_k: bool = True, who: str = "techni
 
 
 def tokenize(pipe, texts: list[str]):
-    tok = pipe.tokenizer
-    return tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt")
+    return text.tokenize(pipe.tokenizer, texts)
 
 
 @no_grad

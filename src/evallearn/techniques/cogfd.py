@@ -31,6 +31,7 @@ from pydantic import Field
 from ..components import Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
+from ..models import text
 from ..progress import progress_bar
 from . import _training as T
 from ._attention import CrossAttnProcessor, set_cross_processors
@@ -88,8 +89,7 @@ class CoGFD(Technique):
         pipe.text_encoder.requires_grad_(False)
         amp = T.setup_execution(pipe, p)
         opt = torch.optim.AdamW(params, lr=p.lr, betas=(0.9, 0.999), weight_decay=p.weight_decay, eps=1e-8)
-        tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        tok = text.tokenize(pipe.tokenizer, prompts)
         ids, mask = tok.input_ids.to(unet.device), tok.attention_mask.to(unet.device)
         with torch.no_grad():
             cond = pipe.text_encoder(ids, attention_mask=mask)[0]

@@ -31,6 +31,7 @@ from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..models.prediction import denoising_target
+from ..models.sampling import seed_generators
 from ._closed_form import embed
 from .base import Technique
 
@@ -122,7 +123,7 @@ def generate_latents(pipe, ctx: RunContext, prompts: list[str], per_prompt: int,
     s = ctx.config.sampler
     out = []
     for i, prompt in enumerate(prompts):
-        gens = [torch.Generator("cpu").manual_seed(seed * 100_003 + i * 1009 + j) for j in range(per_prompt)]
+        gens = seed_generators([seed * 100_003 + i * 1009 + j for j in range(per_prompt)])
         res = pipe([prompt] * per_prompt, num_inference_steps=steps or s.steps,
                    guidance_scale=s.guidance_scale if guidance is None else guidance,
                    height=ctx.height, width=ctx.width, generator=gens, output_type="latent")
