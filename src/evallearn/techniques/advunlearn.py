@@ -35,7 +35,7 @@ from ..components import Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..progress import progress_bar
-from . import _training as T
+from . import training as T
 from .base import Technique
 
 
@@ -119,12 +119,8 @@ class AdvUnlearn(Technique):
         order: list[int] = []
 
         def sample(cond, n, k):
-            was = unet.training
-            unet.eval()
-            x = T.ddim_sample_until(unet, sched, cond, null, p.start_guidance, T.randn((n, *shape), gen, unet.device),
-                                    k, amp.autocast)
-            unet.train(was)
-            return x
+            return T.esd_trajectory(unet, unet, sched, cond, null, p.start_guidance, (n, *shape), gen, k,
+                                    amp.autocast)
 
         with progress_bar("AdvUnlearn", p.iterations) as advance:
             for i in range(p.iterations):
@@ -139,14 +135,10 @@ class AdvUnlearn(Technique):
                 k = rng.randrange(p.ddim_steps)
                 t = sched.timesteps[k]
                 x = sample(emb_p, 1, k)
-                with torch.no_grad():
-                    e = T.predict(teacher, torch.cat([x, x]), t, torch.cat([null, emb_p]), amp.autocast)
-                    e_0, e_c = e.chunk(2)
-                    target = e_0 - p.negative_guidance * (e_c - e_0)
+                target = T.esd_target(teacher, x, t, emb_p, null, p.negative_guidance, amp.autocast)
                 ids, embeds = (prompt_embeds(pipe, vocab, word) if adv is None or i < p.warmup_iter
                                else adversarial_embeds(pipe, vocab, word, adv))
-                cond_n = T.encode_embeds(te, ids, embeds)
-                loss = torch.nn.functional.mse_loss(T.predict(unet, x, t, cond_n, amp.autocast), target)
+                loss = T.esd_loss(unet, x, t, T.encode_embeds(te, ids, embeds), target, amp.autocast)
                 # retain regulariser ("reg"), same DDIM step
                 if p.retain_loss_w > 0:
                     if len(order) < p.retain_batch:

@@ -33,7 +33,7 @@ from ..context import RunContext
 from ..errors import UserError
 from ..models import text
 from ..progress import progress_bar
-from . import _training as T
+from . import training as T
 from ._attention import CrossAttnProcessor, set_cross_processors
 from .base import Technique
 

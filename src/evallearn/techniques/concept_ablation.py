@@ -34,7 +34,7 @@ from ..components import Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..progress import progress_bar
-from . import _training as T
+from . import training as T
 from .base import Technique
 
 

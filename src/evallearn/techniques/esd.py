@@ -37,7 +37,7 @@ from pydantic import Field
 from ..components import Supports, kinds
 from ..context import RunContext
 from ..progress import progress_bar
-from . import _training as T
+from . import training as T
 from .base import Technique
 
 if TYPE_CHECKING:
@@ -103,25 +103,12 @@ class ESD(Technique):
         return pipe
 
 
-def esd_step(unet, teacher, sched, cond, null, p, shape, gen, rng, amp, cond_student=None) -> torch.Tensor:
-    """One ESD loss: partial DDIM trajectory to a random step, frozen teacher targets, student
-    prediction (conditioned on ``cond_student`` if given, e.g. an adversarial embedding)."""
-    import torch
-
+def esd_step(unet, teacher, sched, cond, null, p, shape, gen, rng, amp) -> torch.Tensor:
+    """One ESD loss: partial DDIM trajectory to a random step, frozen teacher target, student
+    prediction (:mod:`evallearn.techniques.training.objectives`)."""
     k = rng.randrange(p.ddim_steps)
     t = sched.timesteps[k]
-    start = T.randn(shape, gen, unet.device)
     sampler = unet if p.sample_with == "student" else teacher
-    was_training = unet.training
-    unet.eval()
-    x = T.ddim_sample_until(sampler, sched, cond, null, p.start_guidance, start, k, amp.autocast)
-    unet.train(was_training)
-    n = x.shape[0]
-    with torch.no_grad():
-        e = T.predict(teacher, torch.cat([x, x]), t, torch.cat([null.expand(n, -1, -1), cond.expand(n, -1, -1)]),
-                      amp.autocast)
-        e_0, e_c = e.chunk(2)
-        target = e_0 - p.negative_guidance * (e_c - e_0)
-    student_cond = cond if cond_student is None else cond_student
-    e_n = T.predict(unet, x, t, student_cond.expand(n, -1, -1), amp.autocast)
-    return torch.nn.functional.mse_loss(e_n, target)
+    x = T.esd_trajectory(unet, sampler, sched, cond, null, p.start_guidance, shape, gen, k, amp.autocast)
+    target = T.esd_target(teacher, x, t, cond, null, p.negative_guidance, amp.autocast)
+    return T.esd_loss(unet, x, t, cond, target, amp.autocast)

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..components import Supports, kinds
 from ..context import RunContext
-from . import _training as T
+from . import training as T
 from .base import Technique
 
 

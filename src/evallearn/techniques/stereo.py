@@ -43,7 +43,7 @@ from ..components import Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..progress import progress_bar
-from . import _training as T
+from . import training as T
 from .base import Technique
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class STEREO(Technique):
                         negs = torch.stack([T.predict(teacher, x, t, e, amp.autocast) - e_0 for e in erase_embs])
                         e_a = T.predict(teacher, x, t, compositional[order_a[i]][None], amp.autocast)
                         target = e_0 + (-s - 1) * negs.mean(0) + (s - 1) * (e_a - e_0)
-                loss = torch.nn.functional.mse_loss(T.predict(unet, x, t, cond, amp.autocast), target)
+                loss = T.esd_loss(unet, x, t, cond, target, amp.autocast)
                 opt.zero_grad(set_to_none=True)
                 amp.backward(loss)
                 amp.step(opt)
