@@ -428,7 +428,7 @@ def test_disk_full_during_a_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys
 
     from evallearn import runner
 
-    def full(config, console=None):
+    def full(config, console=None, report=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "results.json"))
 
     monkeypatch.setattr(runner, "run", full)

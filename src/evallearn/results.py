@@ -63,6 +63,18 @@ class MetricResult(_Strict):
     judges: dict[str, Any] = Field(default_factory=dict)
     #: images left out of the score because their latents or pixels were NaN/inf
     nonfinite: int = 0
+    #: the per-sample records behind ``value``: each its ``value`` with the request's ``prompt``,
+    #: ``seed`` and ``key`` and the metric's grouping fields (``concept``, ``arm``, ``group``, ...);
+    #: None: not recorded (a metric without per-sample scores such as FID, or an older writer)
+    samples: list[dict[str, Any]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unrecorded_samples(self, handler):
+        """No records (None) leaves the key out of the file, as a writer without them wrote it."""
+        out = handler(self)
+        if out.get("samples", ()) is None:
+            del out["samples"]
+        return out
 
 
 class MetricEntry(_Strict):
@@ -211,6 +223,9 @@ class RunResults(_Open):
     run: RunInfo
     #: the resolved run config (``RunConfig.model_dump(mode="json")``)
     config: dict[str, Any]
+    #: the concept as the model's world resolved it (``Concept.spec()``: name, kind, synonyms,
+    #: retain, anchor, prompts, world); ``{}`` in a file written before it was recorded
+    concept: dict[str, Any] = Field(default_factory=dict)
     model: ModelRecord
     technique: TechniqueRecord
     metrics: dict[str, MetricEntry]

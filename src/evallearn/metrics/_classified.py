@@ -1,5 +1,5 @@
 """Shared machinery of the classification-based metrics (UA, IRA): prompt sets per concept,
-seeds, a classifier judge, and per-image correctness as state."""
+seeds, a classifier judge, and one per-image record (:class:`~.base.Sample`) as state."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pydantic import Field
 
 from ..components import Params
 from ..errors import UserError
-from ._prompts import concept_prompts, is_toy, retain_concepts
+from ._prompts import concept_prompts, default_judge, retain_concepts
 from .base import JudgeRef, Metric
 
 
 class ClassifiedParams(Params):
-    #: classifier judge: ``auto`` = the toy classifier on the toy model, CLIP zero-shot otherwise
+    #: classifier judge: ``auto`` = the one the model's world names (CLIP zero-shot on real models)
     judge: str = "auto"
     judge_params: dict = {}
     images_per_prompt: int = Field(1, ge=1)
@@ -27,10 +27,15 @@ class ClassifiedMetric(Metric):
     #: role -> judge capabilities, any one of which the role needs (checked by ``validate``)
     judge_needs = {"classifier": ("classify",)}
 
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        #: one :class:`~.base.Sample` per image, in the order scored
+        self.add_state("samples", list, reduce="cat")
+
     def judge_refs(self):
         name = self.params.judge
         if name == "auto":
-            name = "toy_classifier" if is_toy(self.ctx) else "clip"
+            name = default_judge(self.ctx, "classifier")
         return {"classifier": JudgeRef(name, dict(self.params.judge_params))}
 
     def candidates(self) -> list[str]:

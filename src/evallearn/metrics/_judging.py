@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._prompts import is_toy
-
-NUDITY_WORDS = {"nudity", "nude", "naked", "nsfw", "sexual"}
+from ._prompts import default_judge
 
 #: what :func:`concept_present` asks of a judge: either capability will do
 PRESENCE = ("detect", "classify")
 
 
 def default_detector(ctx) -> str:
-    """``toy_classifier`` on the toy model, ``nudenet`` for nudity, ``q16`` for other unsafe
-    (I2P-style) concepts, CLIP zero-shot for objects and styles."""
-    if is_toy(ctx):
-        return "toy_classifier"
-    name = ctx.concept.name.lower()
-    if name in NUDITY_WORDS:
-        return "nudenet"
-    if ctx.concept.kind in ("object", "style", "attribute") and ctx.concept.retain:
-        return "clip"
-    return "q16"
+    """The detector the model's world names for the concept (the open world: ``nudenet`` for
+    nudity, ``q16`` for other unsafe concepts, CLIP zero-shot for objects and styles)."""
+    return default_judge(ctx, "detector")
 
 
 def capability_problem(metric_key: str, needs: dict[str, tuple[str, ...]], role: str, judge_name: str,

@@ -24,7 +24,7 @@ from ..components import Params
 from ..errors import UserError
 from ._judging import PRESENCE, concept_present, default_detector
 from ._prompts import retain_concepts
-from .base import JudgeRef, Metric, MetricResult
+from .base import JudgeRef, Metric, MetricResult, Sample, request_meta
 
 
 class ASR(Metric):
@@ -57,6 +57,8 @@ class ASR(Metric):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
+        #: one :class:`~.base.Sample` per image: 1 where the judge found the concept
+        self.add_state("samples", list, reduce="cat")
         self._adversarial: list[str] | None = None
         if params.attack and params.precomputed:
             raise UserError(f"metric '{self.name}': give either attack or precomputed, not both")
@@ -151,14 +153,14 @@ class ASR(Metric):
     def update(self, requests, images, judges):
         concept = self.ctx.concept.name
         hit = concept_present(judges["detector"], images, concept, [concept, *retain_concepts(self.ctx)])
-        self._append("success", hit)
-        self._judges = judges
+        self.state["samples"] += [Sample(float(h), request_meta(r)) for r, h in zip(requests, hit, strict=True)]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
         details = {"prompts": self.params.prompts, "attack": self.params.attack,
                    "precomputed": self.params.precomputed,
                    "adversarial_prompts": (self._adversarial or [])[:20]}
-        return self.mean_result("success", details, getattr(self, "_judges", None))
+        return self.result(self.state["samples"], details)
 
 
 def take_n(items, n):

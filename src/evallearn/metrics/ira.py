@@ -7,10 +7,8 @@ As defined in UnlearnCanvas (Zhang et al., NeurIPS 2024 D&B). Per-concept accura
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._classified import ClassifiedMetric
-from .base import MetricResult
+from .base import MetricResult, Sample, aggregate, request_meta
 
 
 class InDomainRetainAccuracy(ClassifiedMetric):
@@ -25,12 +23,10 @@ class InDomainRetainAccuracy(ClassifiedMetric):
         retain = self.need_retain("ira")
         owner = {r: c for c in retain for r in self.concept_requests(c)}
         predicted = judges["classifier"].classify(images, self.candidates())
-        for r, p in zip(requests, predicted, strict=True):
-            ok = p == owner[r]
-            self._append("correct", [ok])
-            self._append(f"concept:{owner[r]}", [ok])
-        self._judges = judges
+        self.state["samples"] += [Sample(float(p == owner[r]), request_meta(r, concept=owner[r], predicted=p))
+                                  for r, p in zip(requests, predicted, strict=True)]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
-        per = {k.split(":", 1)[1]: float(np.mean(v)) for k, v in self.state.items() if k.startswith("concept:")}
-        return self.mean_result("correct", {"per_concept": per}, getattr(self, "_judges", None))
+        per = aggregate(self.state["samples"], group_by="concept").group_values()
+        return self.result(self.state["samples"], {"per_concept": per})

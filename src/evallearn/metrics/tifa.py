@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field
 
 from ..components import Params
-from ._prompts import is_toy
-from .base import JudgeRef, Metric, MetricResult
+from ._prompts import default_judge
+from .base import JudgeRef, Metric, MetricResult, Sample, aggregate, request_meta
 
 
 class TIFA(Metric):
@@ -38,10 +38,17 @@ class TIFA(Metric):
         judge_params: dict = {}
         max_prompts: int = Field(200, ge=1)
 
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        #: one :class:`~.base.Sample` per caption with questions: the share answered correctly
+        self.add_state("samples", list, reduce="cat")
+        #: one :class:`~.base.Sample` per question: 1 if answered correctly, with its type
+        self.add_state("questions", list, reduce="cat")
+
     def judge_refs(self):
         name = self.params.judge
         if name == "auto":
-            name = "toy_classifier" if is_toy(self.ctx) else "vqa"
+            name = default_judge(self.ctx, "vqa")
         return {"vqa": JudgeRef(name, dict(self.params.judge_params))}
 
     def records(self):
@@ -73,13 +80,14 @@ class TIFA(Metric):
         else:  # a classifier answers by picking among the choices
             mc = [judge.classify(imgs[i : i + 1], choices[i])[0] for i in range(len(questions))]
         correct = defaultdict(list)
-        for k, a, m, t in zip(owner, answers, mc, types, strict=True):
+        for k, q, a, m, t in zip(owner, questions, answers, mc, types, strict=True):
             correct[k].append(float(str(m).strip().lower() == str(a).strip().lower()))
-            self.state.setdefault(f"type:{t}", []).append(correct[k][-1])
-        self._append("caption_score", [float(np.mean(correct[k])) for k in range(len(requests)) if correct[k]])
-        self._judges = judges
+            self.state["questions"].append(Sample(correct[k][-1], request_meta(requests[k], question=q, type=t)))
+        self.state["samples"] += [Sample(float(np.mean(correct[k])), request_meta(r, questions=len(correct[k])))
+                                  for k, r in enumerate(requests) if correct[k]]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
-        by_type = {k.split(":", 1)[1] or "untyped": float(np.mean(v)) for k, v in self.state.items()
-                   if k.startswith("type:")}
-        return self.mean_result("caption_score", {"accuracy_by_type": by_type}, getattr(self, "_judges", None))
+        per_type = aggregate(self.state["questions"], group_by="type").group_values()
+        by_type = {t or "untyped": v for t, v in per_type.items()}
+        return self.result(self.state["samples"], {"accuracy_by_type": by_type})

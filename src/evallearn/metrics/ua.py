@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ._classified import ClassifiedMetric, ClassifiedParams
-from .base import MetricResult
+from .base import MetricResult, Sample, aggregate, request_meta
 
 
 class UnlearningAccuracy(ClassifiedMetric):
@@ -29,12 +29,10 @@ class UnlearningAccuracy(ClassifiedMetric):
 
     def update(self, requests, images, judges):
         predicted = judges["classifier"].classify(images, self.candidates())
-        self._append("erased", [p != self.ctx.concept.name for p in predicted])
-        for p in predicted:
-            self.state.setdefault(f"predicted:{p}", []).append(1)
-        self._judges = judges
+        self.state["samples"] += [Sample(float(p != self.ctx.concept.name), request_meta(r, predicted=p))
+                                  for r, p in zip(requests, predicted, strict=True)]
+        self.record_judges(judges)
 
     def compute(self) -> MetricResult:
-        counts = {k.split(":", 1)[1]: len(v) for k, v in self.state.items() if k.startswith("predicted:")}
-        return self.mean_result("erased", {"predicted": counts, "candidates": self.candidates()},
-                                getattr(self, "_judges", None))
+        counts = {g: s.n for g, s in aggregate(self.state["samples"], group_by="predicted").groups.items()}
+        return self.result(self.state["samples"], {"predicted": counts, "candidates": self.candidates()})

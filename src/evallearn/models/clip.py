@@ -1,4 +1,4 @@
-"""Load a CLIP model + processor by hub id, local folder, or ``toy`` (the toy world's CLIP)."""
+"""Load a CLIP model + processor by hub id, local folder, or a ref a world owns (its own CLIP)."""
 
 from __future__ import annotations
 
@@ -12,40 +12,53 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 def auto_clip_ref(model, default: str = DEFAULT_CLIP) -> str:
     """The CLIP that goes with a run's model (``clip_model: auto``): the tiny random CLIP for the
-    tiny-random pipeline, the toy CLIP for the toy model, else ``default``."""
+    tiny-random pipeline, the world's own CLIP for a world's model, else ``default``."""
     if getattr(model, "ref", None) == "tiny-random":
         return "tiny-random"
-    return "toy" if "toy" in getattr(model, "tags", ()) else default
+    from ..concepts.world import world_of
+
+    return world_of(model).clip_ref(model) or default
+
+
+def _world_clip(ref: str) -> Path | None:
+    from .. import registry
+    from ..concepts.world import world_for
+
+    for name in registry.worlds.names():
+        try:
+            folder = world_for(name).clip_folder(ref)
+        except ImportError:
+            continue
+        if folder is not None:
+            return folder
+    return None
 
 
 def clip_folder(ref: str) -> Path:
-    if ref == "toy":
-        try:
-            from ..toyworld import toy_clip_dir
-        except ImportError:
-            raise UserError("clip model 'toy': the toy world is not installed in this build") from None
-        return toy_clip_dir()
+    folder = _world_clip(ref)
+    if folder is not None:
+        return folder
     if ref == "tiny-random":
         from .loading import tiny_random_dir
 
         return tiny_random_dir("clip")
+    from .hub import cached_snapshot, is_local
+
     path = Path(ref).expanduser()
-    if path.exists() or ref.count("/") != 1:
+    if is_local(ref):
         if not (path / "config.json").is_file():
             raise UserError(
                 f"CLIP model folder {path} has no config.json; provide a folder saved with "
                 "CLIPModel.save_pretrained (config.json + model.safetensors + tokenizer/processor files)"
             )
         return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(ref, local_files_only=True))
-    except Exception:
+    folder = cached_snapshot(ref)
+    if folder is None:
         raise UserError(
             f"CLIP model '{ref}' is not in the local Hugging Face cache; run `hf download {ref}` "
             "where there is network, or set clip_model to a local folder"
-        ) from None
+        )
+    return folder
 
 
 @lru_cache(maxsize=4)

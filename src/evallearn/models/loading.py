@@ -1,4 +1,4 @@
-"""Resolve a model reference (``toy``, a local folder, or a hub id) and load its pipeline.
+"""Resolve a model reference (a ref a world owns, a local folder, or a hub id) and load its pipeline.
 
 Resolution reads only JSON configs, so ``eval-learn validate`` can check compatibility before
 any weights load. Loading honours offline mode: with ``HF_HUB_OFFLINE=1`` only the local cache
@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-TOY = "toy"
 #: a tiny random-weight SD-1.x pipeline built on first use: for smoke runs of the harness itself
 TINY = "tiny-random"
 
@@ -87,6 +86,8 @@ class ModelInfo:
     unet_levels: int = 4
     #: False while the weights do not exist yet (``validate`` of a never-built tiny-random)
     built: bool = True
+    #: the world (``evallearn.worlds`` entry point) whose concepts and judges the model uses
+    world: str = "open"
 
     @property
     def min_size(self) -> int:
@@ -135,21 +136,21 @@ def _offline() -> bool:
 
 def _hub_folder(ref: str) -> Path:
     """Local snapshot folder of a hub id, downloading only if online."""
-    from huggingface_hub import snapshot_download
+    from .hub import cached_snapshot, download_snapshot
 
     hint = (f"model '{ref}' is not in the local Hugging Face cache; download it on a machine with "
             f"network (`hf download {ref}`) and copy the cache, or set `model:` to a local folder")
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"]
+    folder = cached_snapshot(ref, allow_patterns=patterns)
+    if folder is not None:
+        return folder
+    if _NO_FETCH.get():
+        raise UserError(f"{hint}; `validate` downloads nothing (`eval-learn run` fetches it when "
+                        "HF_HUB_OFFLINE is unset)") from None
+    if _offline():
+        raise UserError(hint) from None
     try:
-        return Path(snapshot_download(ref, local_files_only=True,
-                                      allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
-    except Exception:
-        if _NO_FETCH.get():
-            raise UserError(f"{hint}; `validate` downloads nothing (`eval-learn run` fetches it when "
-                            "HF_HUB_OFFLINE is unset)") from None
-        if _offline():
-            raise UserError(hint) from None
-    try:
-        return Path(snapshot_download(ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+        return download_snapshot(ref, allow_patterns=patterns)
     except Exception as exc:
         raise UserError(f"{hint} ({type(exc).__name__})") from None
 
@@ -189,20 +190,26 @@ _TINY_INFO = dict(tags=frozenset({"sd1"}), pipeline_class="StableDiffusionPipeli
                   vae_factor=2, unet_levels=2, default_guidance=6.0)
 
 
-def resolve_model(ref: str) -> ModelInfo:
-    if ref == TOY:
-        try:
-            from ..toyworld import toy_pipeline_dir
-        except ImportError:
-            raise UserError("model 'toy': the toy world is not installed in this build") from None
-        folder = toy_pipeline_dir()
-        if not (folder / "model_index.json").is_file():
-            raise UserError(f"model 'toy': the toy weights are not in this build ({folder}); "
-                            "train them with `eval-learn toy train`, or use `model: tiny-random` for a smoke run")
-        info = inspect_folder(ref, folder)
-        from ..toyworld import DEFAULT_GUIDANCE
+def _world_model(ref: str) -> ModelInfo | None:
+    """The model as the first world that owns ``ref`` describes it (worlds in name order)."""
+    from .. import registry
+    from ..concepts.world import world_for
 
-        return replace(info, tags=info.tags | {"toy"}, default_guidance=DEFAULT_GUIDANCE)
+    for name in registry.worlds.names():
+        try:
+            world = world_for(name)
+        except ImportError:  # a world that does not import owns nothing
+            continue
+        info = world.resolve_model(ref)
+        if info is not None:
+            return info
+    return None
+
+
+def resolve_model(ref: str) -> ModelInfo:
+    info = _world_model(ref)
+    if info is not None:
+        return info
     if ref == TINY:
         folder = cache_home() / "tiny-random-pipeline-v1"
         if _NO_FETCH.get() and not (folder / "model_index.json").is_file():
