@@ -205,32 +205,18 @@ def test_merge_is_refused_where_it_would_not_be_exact():
 
 @pytest.fixture(scope="module")
 def extractor_file(tmp_path_factory):
-    import torch
+    from helpers import mean_std_extractor
 
-    class Mean(torch.nn.Module):
-        def forward(self, x):
-            return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)
-
-    path = tmp_path_factory.mktemp("fid") / "extractor.pt"
-    torch.jit.script(Mean()).save(str(path))
-    return path
+    return mean_std_extractor(tmp_path_factory.mktemp("fid") / "extractor.pt")
 
 
 @pytest.fixture
 def fid(ctx, tmp_path, extractor_file):
-    from PIL import Image
+    from helpers import fake_coco
 
     from evallearn.metrics.fid import FID
 
-    folder = tmp_path / "val2014"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    rows = ["prompt,coco_id"]
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"COCO_val2014_{i:012d}.jpg")
-        rows.append(f"caption {i},{i}")
-    cap = tmp_path / "coco.csv"
-    cap.write_text("\n".join(rows) + "\n")
+    folder, cap = fake_coco(tmp_path)
     params = FID.Params(extractor=str(extractor_file), input_size=16, n_boot=20,
                         prompts_params={"source": str(cap), "images": str(folder)})
     return lambda: FID(params, ctx)
