@@ -53,6 +53,24 @@ def test_ssd_only_shrinks_selected_unet_weights(tiny_pipe_dir, tmp_path):
                                                   strict=True))
 
 
+def test_ssd_images_use_the_runs_scheduler_whatever_the_pipeline_holds(tiny_pipe_dir, tmp_path):
+    # the edit must not depend on which scheduler an earlier phase left on the pipeline
+    from diffusers import EulerDiscreteScheduler
+
+    from evallearn.models.loading import load_pipeline, resolve_model
+    from evallearn.techniques.ssd import generate_latents
+
+    pipe = load_pipeline(resolve_model(str(tiny_pipe_dir)))
+    plan = _plan(tiny_pipe_dir, tmp_path, {"num_samples": 2})
+    own = pipe.scheduler
+    a = generate_latents(pipe, plan.ctx, ["a cat"], 2, seed=3, steps=3)
+    assert pipe.scheduler is own
+    pipe.scheduler = EulerDiscreteScheduler.from_config(own.config)
+    b = generate_latents(pipe, plan.ctx, ["a cat"], 2, seed=3, steps=3)
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert torch.equal(a, b)
+
+
 def test_ssd_defaults_follow_the_paper():
     p = SSD.Params()
     assert (p.selection_weighting, p.dampening_constant, p.num_samples, p.parameters) == (10.0, 1.0, 50, "unet")

@@ -117,17 +117,27 @@ def selected_parameters(unet, which: str):
 @no_grad
 def generate_latents(pipe, ctx: RunContext, prompts: list[str], per_prompt: int, seed: int,
                      steps: int | None = None, guidance: float | None = None) -> torch.Tensor:
-    """x_0 latents [len(prompts) * per_prompt, C, h, w] from the model itself (the run's sampler)."""
+    """x_0 latents [len(prompts) * per_prompt, C, h, w] from the model itself (the run's sampler).
+
+    The run's scheduler is set explicitly for this and the pipeline's own put back after, so the
+    latents do not depend on which scheduler an earlier phase left on the pipeline."""
     import torch
 
+    from ..generation import make_scheduler
+
     s = ctx.config.sampler
+    own = pipe.scheduler
+    pipe.scheduler = make_scheduler(s.scheduler, own.config)
     out = []
-    for i, prompt in enumerate(prompts):
-        gens = seed_generators([seed * 100_003 + i * 1009 + j for j in range(per_prompt)])
-        res = pipe([prompt] * per_prompt, num_inference_steps=steps or s.steps,
-                   guidance_scale=s.guidance_scale if guidance is None else guidance,
-                   height=ctx.height, width=ctx.width, generator=gens, output_type="latent")
-        out.append(res.images.float())
+    try:
+        for i, prompt in enumerate(prompts):
+            gens = seed_generators([seed * 100_003 + i * 1009 + j for j in range(per_prompt)])
+            res = pipe([prompt] * per_prompt, num_inference_steps=steps or s.steps,
+                       guidance_scale=s.guidance_scale if guidance is None else guidance,
+                       height=ctx.height, width=ctx.width, generator=gens, output_type="latent")
+            out.append(res.images.float())
+    finally:
+        pipe.scheduler = own
     return torch.cat(out)
 
 
