@@ -18,6 +18,7 @@ What a world answers (every method has a default, so a world overrides only what
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -133,20 +134,26 @@ def world_for(name: str) -> World:
     return registry.worlds.get(name)()
 
 
+def loaded_worlds() -> Iterator[World]:
+    """Every registered world, in name order, skipping one whose package does not import (a
+    world that does not import owns nothing)."""
+    from .. import registry
+
+    for name in registry.worlds.names():
+        try:
+            yield world_for(name)
+        except ImportError:
+            continue
+
+
 def world_of(model) -> World:
     """The world of a model: the one its ``ModelInfo.world`` names; for a model description
     without one, the world whose ``model_tag`` it carries; else the open world."""
     name = getattr(model, "world", None)
     if name:
         return world_for(name)
-    from .. import registry
-
     tags = getattr(model, "tags", ()) or ()
-    for n in registry.worlds.names():
-        try:
-            world = world_for(n)
-        except ImportError:
-            continue
+    for world in loaded_worlds():
         if world.model_tag and world.model_tag in tags:
             return world
     return world_for(OPEN)
@@ -154,13 +161,7 @@ def world_of(model) -> World:
 
 def world_owning(ref: str) -> World:
     """The world that owns model ref ``ref`` (decided from the ref alone), else the open world."""
-    from .. import registry
-
-    for n in registry.worlds.names():
-        try:
-            world = world_for(n)
-        except ImportError:
-            continue
+    for world in loaded_worlds():
         if world.owns(ref):
             return world
     return world_for(OPEN)

@@ -21,12 +21,11 @@ def auto_clip_ref(model, default: str = DEFAULT_CLIP) -> str:
 
 
 def _world_clip(ref: str) -> Path | None:
-    from .. import registry
-    from ..concepts.world import world_for
+    from ..concepts.world import loaded_worlds
 
-    for name in registry.worlds.names():
+    for world in loaded_worlds():
         try:
-            folder = world_for(name).clip_folder(ref)
+            folder = world.clip_folder(ref)
         except ImportError:
             continue
         if folder is not None:

@@ -192,14 +192,9 @@ _TINY_INFO = dict(tags=frozenset({"sd1"}), pipeline_class="StableDiffusionPipeli
 
 def _world_model(ref: str) -> ModelInfo | None:
     """The model as the first world that owns ``ref`` describes it (worlds in name order)."""
-    from .. import registry
-    from ..concepts.world import world_for
+    from ..concepts.world import loaded_worlds
 
-    for name in registry.worlds.names():
-        try:
-            world = world_for(name)
-        except ImportError:  # a world that does not import owns nothing
-            continue
+    for world in loaded_worlds():
         info = world.resolve_model(ref)
         if info is not None:
             return info
