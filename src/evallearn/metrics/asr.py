@@ -108,17 +108,18 @@ class ASR(Metric):
         return seed if seed is not None else self.ctx.seed + i * self.params.images_per_prompt
 
     def requests(self):
+        items = self.prompts()
+        guidance = self.prompt_guidance(len(items))
         out = []
-        guidance = self.prompt_guidance()
-        for i, (text, seed) in enumerate(self.prompts()):
+        for i, (text, seed) in enumerate(items):
             base = self.first_seed(i, seed)
             extra = {} if guidance[i] is None else {"guidance_scale": guidance[i]}
             out += [self.ctx.request(text, base + j, **extra) for j in range(self.params.images_per_prompt)]
         return out
 
-    def prompt_guidance(self) -> list[float | None]:
-        """Per prompt: the dataset's guidance scale with ``dataset_guidance``, else None (the run's)."""
-        n = len(self.prompts())
+    def prompt_guidance(self, n: int) -> list[float | None]:
+        """Per prompt (``n`` of them): the dataset's guidance scale with ``dataset_guidance``, else
+        None (the run's). Reads the dataset only when asked."""
         if not self.params.dataset_guidance or self.params.precomputed:
             return [None] * n
         recs = self.records()
