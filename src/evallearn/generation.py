@@ -18,6 +18,7 @@ pipeline takes ``callback_on_step_end``) and in its decoded pixels; such a reque
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Generator:
             self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
         return self._schedulers[name]
 
+    @functools.cached_property
     def _takes_step_callback(self) -> bool:
         try:
             return "callback_on_step_end" in inspect.signature(self.pipe.__call__).parameters
@@ -140,7 +142,7 @@ class Generator:
         if first.eta:
             kwargs["eta"] = first.eta
         first_bad_step: list[int | None] = [None] * len(batch)
-        if self._takes_step_callback():
+        if self._takes_step_callback:
 
             def watch(pipe, i, t, tensors):
                 lat = tensors.get("latents")
