@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from evallearn.toyworld.train import EMA, build_text_encoder, build_unet
+    from evallearn_toy.train import EMA, build_text_encoder, build_unet
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

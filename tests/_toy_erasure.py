@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from evallearn.toyworld import BELOW_BAR, meets_ground_truth_bar
+from evallearn_toy import BELOW_BAR, meets_ground_truth_bar
 
 
 def toy_ready() -> bool:

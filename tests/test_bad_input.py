@@ -374,7 +374,7 @@ class _Payload:
 
 @pytest.mark.parametrize("how", ["torch.save", "raw pickle"])
 def test_toy_training_state_with_a_pickle_payload_runs_nothing(how, tmp_path):
-    from evallearn.toyworld.train import load_training_state
+    from evallearn_toy.train import load_training_state
 
     marker = tmp_path / "pwned"
     state = tmp_path / "state.pt"
@@ -395,7 +395,7 @@ def test_toy_training_state_with_a_pickle_payload_runs_nothing(how, tmp_path):
 def test_toy_training_state_of_a_real_optimiser_still_loads(tmp_path):
     from functools import partial
 
-    from evallearn.toyworld.train import load_training_state
+    from evallearn_toy.train import load_training_state
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01, foreach=True)

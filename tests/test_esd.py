@@ -123,8 +123,8 @@ def test_defaults_are_the_papers():
 @opt_in
 @pytest.mark.slow
 def test_esd_u_erases_cross_on_the_toy_world(tmp_path_factory):
-    from evallearn.toyworld import COLOURS, STYLES
-    from evallearn.toyworld.concepts import TEMPLATES, describe, fill_template
+    from evallearn_toy import COLOURS, STYLES
+    from evallearn_toy.concepts import TEMPLATES, describe, fill_template
 
     # the script's multi-prompt option: the concept with each style and colour, and the bare word
     prompts = [fill_template(TEMPLATES[0], describe("cross", c, s)) for s in STYLES for c in COLOURS]

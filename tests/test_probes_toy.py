@@ -3,7 +3,7 @@
 
 import pytest
 
-from evallearn.toyworld import BELOW_BAR, meets_ground_truth_bar
+from evallearn_toy import BELOW_BAR, meets_ground_truth_bar
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not meets_ground_truth_bar(("shape",)),

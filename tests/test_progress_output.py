@@ -156,7 +156,7 @@ def test_sub_command_help_names_only_commands_that_exist():
 
     res = eval_learn("--help", env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0
-    for group, module in (("sae", "evallearn.sae.cli"), ("toy", "evallearn.toyworld.cli")):
+    for group, module in (("sae", "evallearn.sae.cli"), ("toy", "evallearn_toy.cli")):
         app = importlib.import_module(module).app
         commands = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
         sub = eval_learn(group, "--help", env={**os.environ, "COLUMNS": "200"})
@@ -171,8 +171,8 @@ def test_sub_command_help_names_only_commands_that_exist():
 def test_toy_show_labels_are_whole_words_that_fit_their_column():
     from PIL import Image, ImageDraw
 
-    from evallearn.toyworld import COLOURS, SHAPES, STYLES
-    from evallearn.toyworld.cli import LINE_H, cell_labels, grid_geometry
+    from evallearn_toy import COLOURS, SHAPES, STYLES
+    from evallearn_toy.cli import LINE_H, cell_labels, grid_geometry
 
     assert cell_labels("circle", "yellow", "outlined") == ["circle", "outlined", "yellow"]
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -83,7 +83,7 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path):
 
 # -- toy world: erased concept down, the others kept ----------------------------------------------
 
-from evallearn.toyworld import BELOW_BAR, meets_ground_truth_bar  # noqa: E402
+from evallearn_toy import BELOW_BAR, meets_ground_truth_bar  # noqa: E402
 
 
 def toy_available() -> bool:
@@ -96,7 +96,7 @@ needs_toy = pytest.mark.skipif(not toy_available(), reason=BELOW_BAR)
 def toy_erasure(technique: dict, out_dir, concept: str = "cross", max_prompts: int = 16) -> dict:
     """Run the technique on the toy model with UA and IRA; return {metric: (before, after)}."""
     from evallearn.runner import run
-    from evallearn.toyworld.concepts import toy_concept
+    from evallearn_toy.concepts import toy_concept
 
     c = toy_concept(concept)
     cfg = parse_config({"name": technique["name"], "model": "toy", "technique": technique,

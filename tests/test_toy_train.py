@@ -1,4 +1,4 @@
-"""The toy trainer (``evallearn.toyworld.train``): what ``eval-learn toy train`` promises, checked on tiny
+"""The toy trainer (``evallearn_toy.train``): what ``eval-learn toy train`` promises, checked on tiny
 budgets — a run is a pure function of its seed, a resumed run continues exactly as an uninterrupted one,
 the EMA's fused update is the per-parameter one, and the learning-rate schedule has the documented shape."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from evallearn.toyworld.render import render_dataset
-from evallearn.toyworld.train import EMA, Budgets, _lr_factor, build_vae, encode_latents, train_t2i
+from evallearn_toy.render import render_dataset
+from evallearn_toy.train import EMA, Budgets, _lr_factor, build_vae, encode_latents, train_t2i
 
 
 @pytest.fixture(scope="module")

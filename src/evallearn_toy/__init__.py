@@ -66,13 +66,13 @@ __all__ = [
 
 def weights_dir() -> Path:
     """The package folder holding the shipped toy artefacts."""
-    return Path(str(resources.files("evallearn") / "toyworld" / "weights"))
+    return Path(str(resources.files("evallearn_toy") / "weights"))
 
 
 def _existing(sub: str) -> Path:
     path = weights_dir() / sub
     if not path.is_dir():
-        from ..errors import UserError
+        from evallearn.errors import UserError
 
         raise UserError(f"toy weights missing: {path} (run 'eval-learn toy train --install')")
     return path
@@ -127,7 +127,7 @@ def load_toy_classifier(device: str = "cpu", path: str | Path | None = None):
 
 
 def __getattr__(name: str):
-    if name == "ToyClassifier":  # keep torch out of ``import evallearn.toyworld``
+    if name == "ToyClassifier":  # keep torch out of ``import evallearn_toy``
         from .classifier import ToyClassifier
 
         return ToyClassifier

@@ -97,7 +97,7 @@ def show(
         raise typer.BadParameter("--per-shape must be positive")
     from diffusers import StableDiffusionPipeline
 
-    from ..progress import quiet_library_bars
+    from evallearn.progress import quiet_library_bars
 
     quiet_library_bars()  # no "Loading pipeline components" bar
 
@@ -152,7 +152,7 @@ def evaluate(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from ..progress import quiet_library_bars
+    from evallearn.progress import quiet_library_bars
 
     quiet_library_bars()  # no "Loading pipeline components" bar
 
@@ -203,7 +203,7 @@ def grid_geometry(scale: int) -> tuple[int, int, int, int]:
 def _pipeline_folder(pipeline: Path | None) -> Path:
     """``--pipeline``, or the shipped toy model, resolved as a config's ``model:`` is: a one-line error
     names a folder that is not a pipeline, or says how to get the toy weights when they are missing."""
-    from ..models.loading import resolve_model
+    from evallearn.models.loading import resolve_model
     from .world import REF as TOY
 
     return resolve_model(str(pipeline) if pipeline is not None else TOY).path

@@ -2,7 +2,7 @@
 
 Stages (each a function, all driven by :func:`train_all`):
 
-1. render a fixed training set (:func:`evallearn.toyworld.render.render_dataset`);
+1. render a fixed training set (:func:`evallearn_toy.render.render_dataset`);
 2. the classifier judge (:mod:`.classifier`);
 3. the VAE, an attention-free ``AutoencoderKL`` with a factor-2 latent (32x32x3 -> 16x16x4),
    trained with L1 + MSE reconstruction and a small KL term (Kingma & Welling, 2014;
@@ -289,7 +289,7 @@ def sampling_scheduler(zero_snr: bool = False, prediction_type: str = "epsilon")
 def make_pipeline(unet, vae, text_encoder, scheduler=None):
     from diffusers import StableDiffusionPipeline
 
-    from ..models.tokenizer import load_clip_tokenizer
+    from evallearn.models.tokenizer import load_clip_tokenizer
 
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -370,7 +370,7 @@ def train_t2i(
     ``out_dir/state.pt`` holds the raw weights, optimiser and EMA (resumable); each checkpoint
     writes the EMA pipeline to ``out_dir/ckpt-<step>`` (the last one is kept as ``latest``).
     """
-    from ..models.tokenizer import load_clip_tokenizer
+    from evallearn.models.tokenizer import load_clip_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_clip_tokenizer()
@@ -486,7 +486,7 @@ def load_training_state(path: Path) -> dict:
     one-line error naming the file."""
     import pickle
 
-    from ..errors import UserError
+    from evallearn.errors import UserError
 
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")

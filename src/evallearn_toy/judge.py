@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..components import Params, Supports, kinds
-from ..errors import UserError
-from ..judges.base import Judge
+from evallearn.components import Params, Supports, kinds
+from evallearn.errors import UserError
+from evallearn.judges.base import Judge
 
 
 @lru_cache(maxsize=2)
@@ -42,11 +42,11 @@ class ToyClassifierJudge(Judge):
 
     @classmethod
     def models_used(cls, params=None):
-        return ["toy classifier (shipped in evallearn/toyworld/weights)"]
+        return ["toy classifier (shipped in evallearn_toy/weights)"]
 
     def weights_fingerprint(self) -> str:
         """A content fingerprint of the shipped classifier's weights (enters cache keys)."""
-        from ..models.loading import folder_fingerprint
+        from evallearn.models.loading import folder_fingerprint
         from . import toy_classifier_dir
 
         return folder_fingerprint(Path(toy_classifier_dir()))

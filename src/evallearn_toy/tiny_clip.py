@@ -48,7 +48,7 @@ def build_toy_clip(seed: int = 0, image_size: int = IMAGE_SIZE):
     """A randomly initialised toy ``CLIPModel`` and its ``CLIPProcessor``."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from ..models.tokenizer import load_clip_tokenizer
+    from evallearn.models.tokenizer import load_clip_tokenizer
 
     torch.manual_seed(seed)
     config = CLIPConfig(

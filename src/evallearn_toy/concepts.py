@@ -24,7 +24,7 @@ from functools import cache
 
 import numpy as np
 
-from ..errors import UserError
+from evallearn.errors import UserError
 from .render import BACKGROUNDS, COLOURS, SHAPES, STYLES
 
 SYNONYMS: dict[str, tuple[str, ...]] = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..concepts.concept import Concept
-from ..concepts.world import World
-from ..errors import UserError
+from evallearn.concepts.concept import Concept
+from evallearn.concepts.world import World
+from evallearn.errors import UserError
 from . import concepts as C
 from .render import CLASSES, COLOURS, HEADS, SHAPES, STYLES
 
@@ -40,7 +40,7 @@ class ToyWorld(World):
     def resolve_model(self, ref: str):
         if ref != REF:
             return None
-        from ..models.loading import inspect_folder
+        from evallearn.models.loading import inspect_folder
         from . import toy_pipeline_dir
 
         folder = toy_pipeline_dir()
@@ -110,7 +110,7 @@ class ToyWorld(World):
 
     # -- datasets ------------------------------------------------------------------------------
     def dataset_analogue(self, dataset: str, concept: Concept):
-        from ..datasets.base import PromptRecord
+        from evallearn.datasets.base import PromptRecord
 
         c = _toy_concept_or_unsafe(concept)
         if dataset == "i2p":
