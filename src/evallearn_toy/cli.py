@@ -204,6 +204,7 @@ def _pipeline_folder(pipeline: Path | None) -> Path:
     """``--pipeline``, or the shipped toy model, resolved as a config's ``model:`` is: a one-line error
     names a folder that is not a pipeline, or says how to get the toy weights when they are missing."""
     from evallearn.models.loading import resolve_model
+
     from .world import REF as TOY
 
     return resolve_model(str(pipeline) if pipeline is not None else TOY).path

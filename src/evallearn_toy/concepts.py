@@ -25,6 +25,7 @@ from functools import cache
 import numpy as np
 
 from evallearn.errors import UserError
+
 from .render import BACKGROUNDS, COLOURS, SHAPES, STYLES
 
 SYNONYMS: dict[str, tuple[str, ...]] = {

@@ -47,6 +47,7 @@ class ToyClassifierJudge(Judge):
     def weights_fingerprint(self) -> str:
         """A content fingerprint of the shipped classifier's weights (enters cache keys)."""
         from evallearn.models.loading import folder_fingerprint
+
         from . import toy_classifier_dir
 
         return folder_fingerprint(Path(toy_classifier_dir()))

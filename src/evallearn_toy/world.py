@@ -8,6 +8,7 @@ from dataclasses import replace
 from evallearn.concepts.concept import Concept
 from evallearn.concepts.world import World
 from evallearn.errors import UserError
+
 from . import concepts as C
 from .render import CLASSES, COLOURS, HEADS, SHAPES, STYLES
 
@@ -41,6 +42,7 @@ class ToyWorld(World):
         if ref != REF:
             return None
         from evallearn.models.loading import inspect_folder
+
         from . import toy_pipeline_dir
 
         folder = toy_pipeline_dir()
