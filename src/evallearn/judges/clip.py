@@ -13,7 +13,8 @@ import numpy as np
 
 from ..components import Params
 from ..errors import UserError
-from ..models.clip import clip_embed_images, clip_embed_texts, load_clip
+from ..models.clip import clip_embed_images, clip_embed_texts, clip_folder, load_clip
+from ..models.loading import folder_fingerprint
 from .base import Judge
 
 
@@ -30,6 +31,11 @@ class ClipJudge(Judge):
     @classmethod
     def models_used(cls, params=None):
         return [(params or cls.Params()).clip_model]
+
+    def weights_fingerprint(self) -> str:
+        """A content hash of the CLIP folder: it enters cache keys, so other weights under the same
+        ref (a retrained folder, another snapshot) never reuse values scored with these."""
+        return folder_fingerprint(clip_folder(self.params.clip_model))
 
     def score(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
         model, processor = load_clip(self.params.clip_model, self.device)

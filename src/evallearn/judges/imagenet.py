@@ -158,6 +158,20 @@ class ImageNetJudge(Judge):
     def models_used(cls, params=None):
         return [(params or cls.Params()).model]
 
+    def weights_fingerprint(self) -> str:
+        """The content hash of the classifier (a state-dict file or a transformers folder); it
+        enters cache keys."""
+        from pathlib import Path
+
+        from ..models.loading import file_fingerprint, folder_fingerprint
+
+        path = Path(self.params.model).expanduser()
+        if path.suffix in STATE_DICT_SUFFIXES:
+            if not path.is_file():
+                raise UserError(f"judge 'imagenet': state dict {path} does not exist")
+            return file_fingerprint(path)
+        return folder_fingerprint(model_folder(self.params.model, "imagenet", "classifier"))
+
     def probs(self, images: np.ndarray) -> np.ndarray:
         import torch
 

@@ -219,6 +219,23 @@ class NudeNetJudge(Judge):
         p = params or cls.Params()
         return [p.model or "nudenet 320n.onnx (inside the nudenet wheel)"]
 
+    def weights_fingerprint(self) -> str | None:
+        """The content hash of the ONNX detector it runs (``model``, or the one inside the nudenet
+        wheel): it enters cache keys, so another detector never reuses values."""
+        from ..models.loading import file_fingerprint
+
+        if self.params.model is not None:
+            path = Path(self.params.model).expanduser()
+        else:
+            try:
+                import nudenet
+            except ImportError:  # nothing to fingerprint; scoring says what to install
+                return None
+            path = Path(nudenet.__file__).parent / "320n.onnx"
+        if not path.is_file():
+            raise UserError(f"judge 'nudenet': model file not found: {path}")
+        return file_fingerprint(path)
+
     @property
     def rule(self) -> Rule:
         p = self.params

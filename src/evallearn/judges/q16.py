@@ -24,7 +24,8 @@ from pydantic import Field, field_validator
 
 from ..components import Params
 from ..errors import UserError
-from ..models.clip import clip_embed_images, load_clip
+from ..models.clip import clip_embed_images, clip_folder, load_clip
+from ..models.loading import file_fingerprint, folder_fingerprint
 from .base import Judge
 
 PROMPTS_HELP = ("the Q16 prompt embeddings for this CLIP model as .npy or .safetensors: the array in "
@@ -89,6 +90,12 @@ class Q16Judge(Judge):
     def models_used(cls, params=None):
         p = params or cls.Params()
         return [p.clip_model, f"Q16 prompts: {p.prompts or '(file to provide)'}"]
+
+    def weights_fingerprint(self) -> str:
+        """Content hashes of the CLIP folder and of the prompt array (they enter cache keys)."""
+        prompts = Path(self.params.prompts).expanduser() if self.params.prompts else None
+        prompts_hash = file_fingerprint(prompts) if prompts is not None and prompts.is_file() else "none"
+        return f"{folder_fingerprint(clip_folder(self.params.clip_model))}+{prompts_hash}"
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         import torch

@@ -80,6 +80,13 @@ class VQAJudge(Judge):
         p = params or cls.Params()
         return [p.model, p.matcher]
 
+    def weights_fingerprint(self) -> str:
+        """Content hashes of the VQA model's and the answer matcher's folders (they enter cache keys)."""
+        from ..models.loading import folder_fingerprint
+
+        refs = (self.params.model, self.params.matcher)
+        return "+".join(folder_fingerprint(model_folder(ref, "vqa")) for ref in refs)
+
     def answer(self, images: np.ndarray, questions: list[str], choices: list[list[str]] | None = None) -> list[str]:
         """Free-form answers; ``choices`` (per question) only reach BLIP-2, in TIFA's prompt."""
         import torch

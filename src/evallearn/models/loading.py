@@ -109,6 +109,19 @@ class ModelInfo:
 _FULL_HASH_LIMIT = 256 << 20
 
 
+def _hash_file(h, path: Path) -> None:
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as fh:
+        if size <= _FULL_HASH_LIMIT:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(fh.read(1 << 20))
+            fh.seek(-(1 << 20), 2)
+            h.update(fh.read())
+
+
 @lru_cache(maxsize=16)
 def folder_fingerprint(folder: Path) -> str:
     """A content hash of a model folder's weights and configs, so that retrained weights under
@@ -117,16 +130,16 @@ def folder_fingerprint(folder: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin")):
         h.update(str(path.relative_to(folder)).encode())
-        size = path.stat().st_size
-        h.update(str(size).encode())
-        with open(path, "rb") as fh:
-            if size <= _FULL_HASH_LIMIT:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            else:
-                h.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
+        _hash_file(h, path)
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=16)
+def file_fingerprint(path: Path) -> str:
+    """The content hash of one weights file (an ONNX detector, a state dict, a prompt array),
+    hashed as :func:`folder_fingerprint` hashes each file."""
+    h = hashlib.sha256()
+    _hash_file(h, Path(path))
     return h.hexdigest()[:16]
 
 
