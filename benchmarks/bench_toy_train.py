@@ -30,7 +30,8 @@ def main() -> None:
 
     import torch
 
-    from evallearn_toy.train import EMA, build_text_encoder, build_unet
+    from evallearn_toy.training.architecture import build_text_encoder, build_unet
+    from evallearn_toy.training.ema import EMA
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

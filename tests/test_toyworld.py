@@ -153,7 +153,7 @@ def test_pipeline_is_sd_classes(pipe):
 
 @pytest.fixture(scope="module")
 def generated(pipe):
-    from evallearn_toy.train import generate
+    from evallearn_toy.training.evaluate import generate
 
     prompts, seeds, want = [], [], []
     for s, shape in enumerate(SHAPES):
@@ -171,7 +171,7 @@ def _acc(classifier, images, want, head, k):
 
 
 def test_pipeline_draws_the_prompted_colour(pipe, classifier, generated):
-    from evallearn_toy.train import generate
+    from evallearn_toy.training.evaluate import generate
 
     prompts, seeds, want, images = generated
     assert images.shape == (len(prompts), 32, 32, 3)

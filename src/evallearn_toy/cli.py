@@ -39,7 +39,7 @@ def train(
     threads: int = typer.Option(2, help="torch threads (1 is faster when the machine is oversubscribed)."),
 ) -> None:
     """Retrain every toy artefact deterministically from SEED (defaults: the shipped weights' budgets)."""
-    from .train import Budgets, train_all
+    from .training import Budgets, train_all
 
     budgets = Budgets()
     for name, value in (
@@ -91,7 +91,7 @@ def show(
 
     from . import COLOURS, SHAPES, STYLES, load_toy_classifier
     from .concepts import full_caption
-    from .train import generate
+    from .training.evaluate import generate
 
     if per_shape <= 0:
         raise typer.BadParameter("--per-shape must be positive")
@@ -157,7 +157,7 @@ def evaluate(
     quiet_library_bars()  # no "Loading pipeline components" bar
 
     from . import SHAPES, load_toy_classifier
-    from .train import evaluate_pipeline
+    from .training.evaluate import evaluate_pipeline
 
     torch.set_num_threads(2)
     pipe = StableDiffusionPipeline.from_pretrained(str(_pipeline_folder(pipeline)))

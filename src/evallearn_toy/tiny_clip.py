@@ -30,18 +30,11 @@ TEXT_HIDDEN = 64
 
 
 def clip_text_config() -> dict:
-    """The text tower, shared with the toy pipeline's ``CLIPTextModel`` (SD uses CLIP's text tower)."""
-    return dict(
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=256,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
+    """The text tower, shared with the toy pipeline's ``CLIPTextModel`` (SD uses CLIP's text tower):
+    64 wide, 3 layers of 4 heads, MLP 256, the real CLIP vocabulary."""
+    from evallearn.models.tiny import clip_text_config as small_clip_text_config
+
+    return small_clip_text_config(TEXT_HIDDEN, intermediate_size=256, heads=4, layers=3)
 
 
 def build_toy_clip(seed: int = 0, image_size: int = IMAGE_SIZE):

@@ -20,44 +20,58 @@ def clip_text_config(hidden_size: int, intermediate_size: int = 37, heads: int =
                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
-def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 32):
-    """A random ``StableDiffusionPipeline`` (latent ``sample_size``, VAE factor 2, DDIM)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+#: Stable Diffusion 1.x's noise schedule (scaled-linear betas from 0.00085 to 0.012, 1000 steps).
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
+
+def build_unet(channels: tuple[int, ...], cross_attention_dim: int, norm_num_groups: int, sample_size: int):
+    """A small ``UNet2DConditionModel`` in SD's layout: a plain first down block, cross-attention in
+    the others (mirrored on the way up), one layer per block, 8-dimensional attention heads."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(channels)
+    return UNet2DConditionModel(
+        block_out_channels=tuple(channels),
         layers_per_block=1,
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", *("CrossAttnDownBlock2D",) * (n - 1)),
+        up_block_types=(*("CrossAttnUpBlock2D",) * (n - 1), "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
-        norm_num_groups=32,
+        norm_num_groups=norm_num_groups,
     )
-    vae = AutoencoderKL(
+
+
+def build_vae(sample_size: int):
+    """An attention-free ``AutoencoderKL`` with a factor-2 latent (3 -> 4 channels, two blocks of 32)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[32, 32],
         down_block_types=["DownEncoderBlock2D"] * 2,
         up_block_types=["UpDecoderBlock2D"] * 2,
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=16,
-        sample_size=sample_size * 2,
+        sample_size=sample_size,
         mid_block_add_attention=False,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(**clip_text_config(cross_attention_dim)))
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+
+
+def build_text_encoder(config: dict):
+    """A ``CLIPTextModel`` from a :func:`clip_text_config` dict."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**config))
+
+
+def assemble_pipeline(unet, vae, text_encoder, scheduler):
+    """A ``StableDiffusionPipeline`` of these modules with the real CLIP tokenizer, no safety
+    checker and no progress bar."""
+    from diffusers import StableDiffusionPipeline
+
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -70,6 +84,19 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_siz
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 32):
+    """A random ``StableDiffusionPipeline`` (latent ``sample_size``, VAE factor 2, DDIM)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    torch.manual_seed(seed)
+    unet = build_unet((32, 64), cross_attention_dim, norm_num_groups=32, sample_size=sample_size)
+    vae = build_vae(sample_size * 2)
+    text_encoder = build_text_encoder(clip_text_config(cross_attention_dim))
+    scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return assemble_pipeline(unet, vae, text_encoder, scheduler)
 
 
 def build_tiny_clip(seed: int = 0, projection_dim: int = 16, image_size: int = 32):
