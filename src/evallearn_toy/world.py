@@ -67,6 +67,10 @@ class ToyWorld(World):
     def known_concepts(self) -> list[str]:
         return C.toy_concept_names()
 
+    def concept_sets(self) -> dict[str, list[str]]:
+        """Each kind's concepts: ``shapes`` (objects), ``colours`` (attributes), ``styles`` (fill styles)."""
+        return {"shapes": list(SHAPES), "colours": list(COLOURS), "styles": list(STYLES)}
+
     def resolve_concept(self, cfg) -> Concept:
         """A toy concept: its own prompt sets and anchor; without ``retain`` in the config, the
         other concepts of its kind (the other shapes for a shape)."""

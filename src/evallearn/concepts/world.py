@@ -9,6 +9,10 @@ What a world answers (every method has a default, so a world overrides only what
 * :meth:`World.resolve_model`: a model ref it owns (``None``: not mine);
 * :meth:`World.resolve_concept`: ``concept:`` of a config as a frozen :class:`Concept`;
 * :meth:`World.concept_prompts`: target or synonym prompts of any concept name;
+* :meth:`World.concept_sets` / :meth:`World.concept_set`: named, ordered concept sets a suite
+  can name (the open world: ``paper13``, ``paper_objects``, ``paper_artists`` from its data
+  files; the toy world: ``shapes``, ``colours``, ``styles``), each a list of concept names as a
+  config's ``concept.name`` writes them; :meth:`World.concept_kind` gives each one's kind;
 * :meth:`World.default_judge`: the judge a metric or probe uses for a role when none is set;
 * :meth:`World.dataset_analogue`: what a named dataset (i2p, coco, tifa, ...) becomes here
   when no ``source`` is given, and :meth:`World.reference_images` for its records;
@@ -101,6 +105,21 @@ class World:
     def known_concepts(self) -> list[str]:
         """Concept names this world defines data for (empty: any name)."""
         return []
+
+    def concept_sets(self) -> dict[str, list[str]]:
+        """Named concept sets: set name -> concept names (as ``concept.name`` writes them), in order."""
+        return {}
+
+    def concept_set(self, name: str) -> list[str]:
+        """The concepts of set ``name`` (:meth:`concept_sets`); an unknown set is a one-line
+        :class:`~evallearn.errors.UserError` naming the world's sets."""
+        sets = self.concept_sets()
+        if name not in sets:
+            from ..errors import UserError
+
+            known = ", ".join(sorted(sets)) or "none"
+            raise UserError(f"unknown concept set {name!r} for the world '{self.name or OPEN}'; known: {known}")
+        return list(sets[name])
 
     def default_judge(self, role: str, concept: Concept) -> str:
         """The judge for ``role`` (one of :data:`ROLES`) when a metric or probe sets none."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..concepts.catalogue import catalogue
 from ..errors import UserError
 
 
@@ -34,21 +35,9 @@ class WaceConcept:
 OBJECT_TEMPLATE = "a picture of a {}"
 STYLE_TEMPLATE = "a painting in the style of {}"
 
-WACE_CONCEPTS: dict[str, WaceConcept] = {c.key: c for c in (
-    WaceConcept("airliner", "airliner", "object", 404),
-    WaceConcept("cassette_player", "cassette player", "object", 482),
-    WaceConcept("chainsaw", "chainsaw", "object", 491),
-    WaceConcept("church", "church", "object", 497),
-    WaceConcept("english_springer_spaniel", "english springer spaniel", "object", 217),
-    WaceConcept("french_horn", "french horn", "object", 566),
-    WaceConcept("garbage_truck", "garbage truck", "object", 569),
-    WaceConcept("golf_ball", "golf ball", "object", 574),
-    WaceConcept("parachute", "parachute", "object", 701),
-    WaceConcept("tench", "tench", "object", 0),
-    WaceConcept("van_gogh", "Van Gogh", "style"),
-    WaceConcept("picasso", "Picasso", "style"),
-    WaceConcept("andy_warhol", "Andy Warhol", "style"),
-)}
+#: the paper's 13 concepts, from the ``paper13`` concept set (evallearn/assets/concepts, docs/concepts.md)
+WACE_CONCEPTS: dict[str, WaceConcept] = {c.key: WaceConcept(c.key, c.name, c.kind, c.imagenet_index)
+                                         for c in catalogue().concept_set("paper13")}
 
 
 def wace_concept(name: str) -> WaceConcept | None:
