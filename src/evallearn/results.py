@@ -143,6 +143,17 @@ class RunInfo(_Open):
     spec_hash: str | None = None
     dir: str | None = None
     eval_learn: str | None = None
+    #: the base model's image folder relative to the output folder (``_base/<key>/images``), where
+    #: the "before" images are; None: not recorded (an older writer)
+    base_images: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unrecorded(self, handler):
+        """Not recorded (None) leaves the key out of the file, as a writer without it wrote it."""
+        out = handler(self)
+        if out.get("base_images", "") is None:
+            del out["base_images"]
+        return out
 
 
 class ModelRecord(_Open):

@@ -450,7 +450,8 @@ def run(config: RunConfig, console=None, report=None) -> RunResults:
         results = RunResults.model_validate({
             "schema_version": SCHEMA_VERSION,
             "run": {"name": cfg.name, "spec_hash": plan.spec_hash, "dir": str(plan.run_dir),
-                    "eval_learn": __version__},
+                    "eval_learn": __version__,
+                    "base_images": base_dir(plan).relative_to(cfg.output_dir).joinpath("images").as_posix()},
             "config": plan.config.model_dump(mode="json"),
             "concept": plan.ctx.concept.spec(),
             "model": plan.model.describe(),
