@@ -14,6 +14,12 @@ target, so a reader sees a complete entry or none, and two processes computing t
 are safe without a lock: the first rename wins, the loser discards its copy and keeps its own
 (equal) value. An entry whose ``spec.json`` differs from the spec asked for (a hash collision,
 or a folder left by another layout) is a miss and is never overwritten.
+
+So that such an entry is also *computed* once when processes (suite cells on Ray workers, on
+one machine or many sharing the folder) ask for it together, :meth:`Cache.get_or_compute`
+holds a lock on the entry's key (:class:`evallearn.store.KeyLocks`, one byte of
+``<root>/.lock``) while it computes; the others wait and then load the entry. The lock only
+saves work: where the filesystem refuses locks, the rename protocol above still holds.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import canonical, short_hash
-from .store import atomic_write_bytes
+from .store import KeyLocks, atomic_write_bytes
 
 #: hex digits of an entry's key
 KEY_LENGTH = 16
@@ -102,11 +108,15 @@ class Cache:
                        save: Callable[[Any, Path], None] = save_json,
                        load: Callable[[Path], Any] = load_json) -> tuple[Any, bool]:
         """``(value, hit)``: the stored value of ``spec`` (``load(folder)``), or ``compute()``
-        published through ``save(value, folder)``."""
+        published through ``save(value, folder)``. Another process computing the same entry
+        is waited for (its entry is then loaded), not repeated."""
         if self.has(spec):
             return load(self.path(spec)), True
-        value = compute()
-        self.publish(spec, value, save)
+        with KeyLocks.at(self.root / ".lock").held(self.key(spec)):
+            if self.has(spec):  # published while this process waited
+                return load(self.path(spec)), True
+            value = compute()
+            self.publish(spec, value, save)
         return value, False
 
     def publish(self, spec: Mapping[str, Any], value: Any, save: Callable[[Any, Path], None]) -> Path:

@@ -253,6 +253,17 @@ def bind_pipeline(plan: Plan, pipe, stage: str) -> None:
                            + [r for k in changed for r in by_metric[k]])
 
 
+def base_images(plan: Plan, pipe, images: ImageStore, progress) -> int:
+    """The plan's missing base-model images into ``images`` (the shared folder of :func:`base_dir`),
+    in key order, each made once among runs filling the folder at the same time
+    (:meth:`ImageStore.fill`). Padded batches: a shared base image depends on its request and the
+    batch size only, so any split of the work gives the same images."""
+    reqs = sorted(plan.requests, key=lambda r: r.key)
+    by_key = {r.key: r for r in reqs}
+    return images.fill([r.key for r in reqs], lambda keys: generate(
+        plan, pipe, images, "base model", progress, [by_key[k] for k in keys], pad=True))
+
+
 def before_phase(plan: Plan, pipe, judges: Judges, progress, log,
                  work: dict[str, int] | None = None) -> dict[str, MetricResult]:
     """Base-model images and metric values, each computed once per base model.
@@ -264,9 +275,7 @@ def before_phase(plan: Plan, pipe, judges: Judges, progress, log,
     bind_pipeline(plan, pipe, "before")
     root = base_dir(plan)
     images = ImageStore(root / "images")
-    # padded batches: a shared base image depends on its request and the batch size only
-    written = generate(plan, pipe, images, "base model", progress, sorted(plan.requests, key=lambda r: r.key),
-                       pad=True)
+    written = base_images(plan, pipe, images, progress)
     work["before"] = work.get("before", 0) + written
     log("base_images", written=written)
     out = {}
