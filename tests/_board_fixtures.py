@@ -32,7 +32,9 @@ def probes(std, noise, label, recovered_by=()):
 
     return {"results": {"standard_prompt": one("standard_prompt", std), "noise_based": one("noise_based", noise)},
             "verdict": {"label": label, "summary": "s", "probes": {
-                "noise_based": {"vs_standard": noise - std, "recovers": "noise_based" in recovered_by}},
+                "noise_based": {"tested": "eta=1", "vs_standard": noise - std, "ci_low": noise - std - 0.25,
+                                "ci_high": noise - std + 0.25, "p_holm": 0.03,
+                                "recovers": "noise_based" in recovered_by}},
                 "recovered_by": list(recovered_by)}}
 
 
