@@ -44,10 +44,12 @@ def dry_run_rows(planned) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if bdir is not None:
             base_sets.setdefault(bdir, set()).update(keys)
         done = (plan.run_dir / "results.json").is_file()
+        probes_done = len(list((plan.run_dir / "probes" / "results").glob("*/spec.json")))
         rows.append({"cell": cell.id, "spec": cell.spec_hash, "images": len(keys),
                      "stored": _stored(plan.run_dir, keys),
                      "base": len(keys) if bdir is not None else 0,
                      "base_stored": _stored(bdir, keys) if bdir is not None else 0,
+                     "probes": len(cfg.probes), "probes_stored": probes_done,
                      "status": "done" if done else ("partial" if plan.run_dir.exists() else "new"),
                      "built": plan.model.built})
     base_total = sum(len(s) for s in base_sets.values())
@@ -129,11 +131,14 @@ def bench(
             planned = plan_cells(suite, source)
             rows, totals = dry_run_rows(planned)
         t = Table(title=f"suite {suite.name}: {totals['cells']} cells in {folder}")
-        for col in ("cell", "spec", "images", "stored", "base images", "base stored", "status"):
-            t.add_column(col, justify="right" if col not in ("cell", "spec", "status") else "left")
+        probes = any(r["probes"] for r in rows)
+        cols = ["cell", "spec", "images", "stored", "base images", "base stored"] + (["probes done"] if probes else [])
+        for col in [*cols, "status"]:
+            t.add_column(col, justify="left" if col in ("cell", "spec", "status") else "right")
         for r in rows:
+            extra = [f"{r['probes_stored']}/{r['probes']}"] if probes else []
             t.add_row(r["cell"], r["spec"] if r["built"] else "(model not built)", str(r["images"]),
-                      str(r["stored"]), str(r["base"]), str(r["base_stored"]), r["status"])
+                      str(r["stored"]), str(r["base"]), str(r["base_stored"]), *extra, r["status"])
         out.print(t)
         out.print(f"{totals['to_run']} of {totals['cells']} cells to run · after images: {totals['images']} "
                   f"({totals['stored']} stored) · base-model images: {totals['base_unique']} unique, shared by "

@@ -128,10 +128,10 @@ class SuiteConfig(_Strict):
     """A benchmark suite (see the module docstring)."""
 
     name: str
-    models: tuple[str, ...] = Field(min_length=1)
-    techniques: tuple[TechniqueEntry, ...] = Field(min_length=1)
+    models: tuple[str, ...]
+    techniques: tuple[TechniqueEntry, ...]
     concepts: ConceptSet | tuple[str | ConceptConfig, ...]
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[int, ...] = (0,)
     metrics: tuple[ComponentRef, ...] = ()
     probes: tuple[ComponentRef, ...] = ()
     device: str = "cpu"
@@ -150,9 +150,7 @@ class SuiteConfig(_Strict):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if "model" in data:  # ``model: toy`` is ``models: [toy]``
-            if "models" in data:
-                raise ValueError("give either 'model' or 'models', not both")
+        if "model" in data and "models" not in data:  # ``model: toy`` is ``models: [toy]``
             data["models"] = [data.pop("model")]
         if isinstance(data.get("models"), str):
             data["models"] = [data["models"]]
@@ -169,6 +167,13 @@ class SuiteConfig(_Strict):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         return _plain(value)
+
+    @field_validator("models", "techniques", "seeds")
+    @classmethod
+    def _not_empty(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("must list at least one")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -194,7 +199,33 @@ class SuiteConfig(_Strict):
         return value
 
 
+def _check_concepts(value: Any, source: str) -> None:
+    """``concepts`` is a set (a name or ``{set, kind}``) or a list of names and mappings; its
+    errors name the entry (pydantic would report both arms of the union)."""
+    try:
+        if isinstance(value, dict):
+            ConceptSet.model_validate(value)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    try:
+                        ConceptConfig.model_validate(item)
+                    except ValidationError as err:
+                        raise UserError(validation_message(err, source, prefix=f"concepts[{i}]")) from None
+                elif not isinstance(item, str):
+                    raise UserError(f"{source}: invalid value for 'concepts[{i}]': a concept name or a mapping "
+                                    "{name, kind, synonyms, retain}")
+        elif value is not None and not isinstance(value, str):
+            raise UserError(f"{source}: invalid value for 'concepts': a list of concepts or a set "
+                            f"({{set: {' | '.join(CONCEPT_SETS)}, kind: ...}})")
+    except ValidationError as err:
+        raise UserError(validation_message(err, source, prefix="concepts")) from None
+
+
 def parse_suite(data: dict[str, Any], source: str = "suite") -> SuiteConfig:
+    if "model" in data and "models" in data:
+        raise UserError(f"{source}: give either 'model' or 'models', not both")
+    _check_concepts(data.get("concepts"), source)
     try:
         return SuiteConfig.model_validate(data)
     except ValidationError as err:
@@ -267,12 +298,20 @@ def suite_concepts(suite: SuiteConfig, model: str, source: str) -> list[ConceptC
     return out
 
 
+def _lookup(reg, name: str, where: str, source: str):
+    """``reg.get(name)`` with an unknown name's one-line error naming the file and key."""
+    try:
+        return reg.get(name)
+    except UserError as exc:
+        raise UserError(f"{source}: {where}: {exc}") from None
+
+
 def _technique_params(entry: TechniqueEntry, point: dict[str, Any], where: str, source: str) -> dict[str, Any]:
     """The technique's params at a grid point, defaults filled (so that a default written out
     and the same default left out are one cell)."""
     from .. import registry
 
-    cls = registry.techniques.get(entry.name)
+    cls = _lookup(registry.techniques, entry.name, where.removesuffix(".params"), source)
     try:
         params = cls.Params.model_validate({**entry.params, **point})
     except ValidationError as err:
@@ -295,10 +334,10 @@ def cell_configs(suite: SuiteConfig, source: str = "suite") -> list[CellSpec]:
     :class:`UserError` naming ``source`` and the key. Reads configs only."""
     from .. import registry
 
-    for ref in suite.metrics:
-        registry.metrics.get(ref.name)
-    for ref in suite.probes:
-        registry.probes.get(ref.name)
+    for i, ref in enumerate(suite.metrics):
+        _lookup(registry.metrics, ref.name, f"metrics[{i}]", source)
+    for i, ref in enumerate(suite.probes):
+        _lookup(registry.probes, ref.name, f"probes[{i}]", source)
     out: list[CellSpec] = []
     where_of: dict[str, str] = {}
     by_spec: dict[str, str] = {}
