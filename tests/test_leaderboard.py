@@ -119,3 +119,12 @@ def test_command_writes_the_files_and_refuses_bad_input(board_dir, tmp_path):
                          ((tmp_path / "lb",), "no results.json under")):
         res = eval_learn("leaderboard", *args, "--out", tmp_path / "x")
         assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and needle in res.stderr, res.stderr
+
+
+def test_leaderboard_and_push_dry_run_load_no_torch(board_dir, tmp_path):
+    from test_imports import _cli, _loaded
+
+    for args in (("leaderboard", board_dir, "--out", tmp_path / "lb"),
+                 ("push", board_dir, "--repo", "someone/board", "--dry-run")):
+        res = _cli(*args, cwd=tmp_path, block=True)
+        assert res.returncode == 0 and _loaded(res) == "", (args, res.stderr)
