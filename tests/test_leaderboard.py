@@ -66,6 +66,8 @@ def test_csv_has_one_row_per_run_metric_and_probe(board_dir):
 
 
 def test_html_is_one_offline_file_with_the_plots(board_dir, tmp_path):
+    run = next(p for p in board_dir.iterdir() if p.name.startswith("uce-weak"))
+    (run / "report.html").write_text("<html></html>")
     files = lb.write(lb.load_board([board_dir]), tmp_path / "out", ["html", "csv", "md"])
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) and "<script" not in page \
@@ -74,6 +76,9 @@ def test_html_is_one_offline_file_with_the_plots(board_dir, tmp_path):
     assert scatters == [("scatter-cross", "4"), ("scatter-circle", "2")]  # runs + the base model
     assert re.search(r'class="plot bars" id="probes-circle" data-bars="2"', page)
     assert "cell esd-cross failed" in page and "there is no composite score" in page
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', page)  # the runs' own reports, relative to the page
+    assert links == [(f"../suite/{run.name}/report.html", "uce-weak")]
+    assert (tmp_path / "out" / links[0][0]).resolve() == (run / "report.html").resolve()
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "| uce (guide=shape) | 0.750 [0.500, 1.000] n=8 Δ+0.750 |" in md
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):

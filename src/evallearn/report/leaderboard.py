@@ -29,6 +29,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -571,7 +572,18 @@ def _html_table(header: list[str], rows: list[list[str]], classes: list[str] | N
     return f'<table class="{table_class}"><tr>{head}</tr>{body}</table>'
 
 
-def to_html(board: Board, title: str = "eval-learn leaderboard") -> str:
+def _report_href(e: Entry, at: Path) -> str | None:
+    """The run's report.html relative to the folder ``at``, None when it has none."""
+    inside = e.path.parent / "report.html"
+    if not e.path.is_absolute() and (at / inside).is_file():  # an export: paths are relative to it
+        return inside.as_posix()
+    if inside.is_file():
+        return Path(os.path.relpath(inside.resolve(), at)).as_posix()
+    return None
+
+
+def to_html(board: Board, title: str = "eval-learn leaderboard", at: Path | None = None) -> str:
+    """The page; ``at``: the folder it is written to (links to the runs' reports are relative to it)."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
@@ -597,6 +609,11 @@ def to_html(board: Board, title: str = "eval-learn leaderboard") -> str:
         ["run", "spec", "technique", "params", "concept", "model", "seed", "source", "results.json"],
         [[e.results.run.name, e.spec, e.technique, json.dumps(e.results.technique.params, default=str), e.concept,
           e.model, str(e.seed), e.source, str(e.path)] for e in board.entries], table_class="runs"))
+    if at is not None:  # each run's own report, where it has one, by a path relative to the page
+        links = [(e.results.run.name, href) for e in board.entries if (href := _report_href(e, Path(at)))]
+        if links:
+            parts.append("<p>Per-run reports (images, probe grids, the resolved config): " + " · ".join(
+                f'<a href="{esc(href)}">{esc(name)}</a>' for name, href in links) + "</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -651,7 +668,7 @@ def write(board: Board, out: Path, formats: list[str], title: str = "eval-learn 
     out = Path(out)
     written = []
     if "html" in formats:
-        atomic_write_bytes(out / "leaderboard.html", to_html(board, title).encode())
+        atomic_write_bytes(out / "leaderboard.html", to_html(board, title, out.resolve()).encode())
         written.append(out / "leaderboard.html")
     if "csv" in formats:
         atomic_write_bytes(out / "leaderboard.csv", to_csv(board).encode())
