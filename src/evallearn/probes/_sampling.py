@@ -9,7 +9,8 @@ classifier-guided noise path drew it from the unseeded global CUDA RNG).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,15 +26,29 @@ def step_generators(seeds: Sequence[int], offset: int = 1) -> list[torch.Generat
     return seed_generators(seeds, offset)
 
 
+@contextmanager
+def own_scheduler(*pipes) -> Iterator[None]:
+    """Put back each pipeline's scheduler when the block ends (a probe swaps in its subclasses;
+    the run's pipelines keep their own, so no one has to restore them later)."""
+    kept = [(pipe, pipe.scheduler) for pipe in pipes]
+    try:
+        yield
+    finally:
+        for pipe, sched in kept:
+            pipe.scheduler = sched
+
+
 def run(pipe, items, scheduler, *, latents=None, output_type: str = "np", **kwargs) -> np.ndarray | torch.Tensor:
-    """Call ``pipe`` on (prompt, seed) items with ``scheduler`` and fixed initial latents."""
+    """Call ``pipe`` on (prompt, seed) items with ``scheduler`` and fixed initial latents (the
+    pipeline's own scheduler is put back afterwards)."""
     prompts = [p for p, _ in items]
     seeds = [s for _, s in items]
-    pipe.scheduler = scheduler
     if latents is None:
         latents = initial_latents(pipe, seeds, kwargs["height"], kwargs["width"])
-    out = pipe(prompt=prompts, latents=latents, generator=step_generators(seeds), output_type=output_type,
-               **kwargs)
+    with own_scheduler(pipe):
+        pipe.scheduler = scheduler
+        out = pipe(prompt=prompts, latents=latents, generator=step_generators(seeds), output_type=output_type,
+                   **kwargs)
     if output_type == "latent":
         return out.images
     return to_uint8(np.asarray(out.images))

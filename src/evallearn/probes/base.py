@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..components import Component, Params
+from ..concept_sets import default_judge
 from ..config import short_hash
 from ..context import RunContext
 from ..errors import UserError
@@ -51,6 +52,7 @@ from ..judges.base import Judge
 from ..metrics.base import JudgeRef, MetricResult
 from ..stats import bootstrap_ci
 from ..store import ImageStore
+from . import _sampling
 from .prompts import candidates, concept_word, probe_items, wace_concept
 
 #: the paper's CLIP (src/evaluator.py in kevinlu4588/WhenAreConceptsErased)
@@ -112,39 +114,47 @@ class SelectingParams(ProbeParams):
         return self
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeEnv:
-    """What a probe runs with."""
+    """What a probe samples with: a view of the run, built from its Plan by :meth:`from_plan`.
+
+    It holds no state of its own: the run context is the probe's ``ctx`` (the Plan's
+    :class:`RunContext`, the one every metric reads), the judges are the run's judges holder's
+    (``runner.Judges.for_metric``, one per probe), the image stores are the run's (``run_images``:
+    the run's ``images/``; ``base_images``: the shared ``_base`` store), and the
+    base pipeline is whatever ``base_loader`` returns (the runner's loader, loaded once). Every
+    sampling helper puts back the scheduler it swapped in (:func:`._sampling.own_scheduler`), so
+    nothing has to be restored afterwards.
+    """
 
     erased: Any
     base_loader: Callable[[], Any]
-    images: ImageStore  # this run's probe images
-    run_images: ImageStore  # the run's "after" images, keyed like the metrics' requests
-    base_images: ImageStore  # base-model images shared by every run on the base model
-    cache_dir: Path  # trained artefacts (latent classifiers, embeddings) shared across runs
+    images: ImageStore  # the probe's own samples of the erased model
+    run_images: ImageStore  # plain generations of the erased model, keyed like the metrics' requests
+    base_images: ImageStore  # base-model images (plain and the probe's own), shared by every run on it
+    cache_dir: Path  # trained artefacts (latent classifiers) shared across runs: <output_dir>/_probes
     judges: dict[str, Judge]
     artefacts: Path | None = None  # this run's learned prompts / embeddings
     batch_size: int = 16
     device: str = "cpu"
     log: Callable[..., None] = lambda *a, **k: None
-    _base: Any = field(default=None, repr=False)
-    _schedulers: dict = field(default_factory=dict, repr=False)
 
-    def __post_init__(self) -> None:
-        self._schedulers[id(self.erased)] = self.erased.scheduler
+    @classmethod
+    def from_plan(cls, plan, erased, base_loader: Callable[[], Any], run_images: ImageStore,
+                  base_images: ImageStore, judges: dict[str, Judge],
+                  log: Callable[..., None] | None = None) -> ProbeEnv:
+        """The view of ``plan``'s run: its image stores (``run_images``: the run's, ``base_images``:
+        the base model's under ``_base``), batch size, device and cache folders."""
+        cfg = plan.config
+        images = ImageStore(Path(plan.run_dir) / "probes" / "images")
+        return cls(erased=erased, base_loader=base_loader, images=images, run_images=run_images,
+                   base_images=base_images, cache_dir=Path(cfg.output_dir) / "_probes", judges=dict(judges),
+                   artefacts=Path(plan.run_dir) / "probes" / "artefacts", batch_size=cfg.sampler.batch_size,
+                   device=cfg.device, log=log or (lambda *a, **k: None))
 
     @property
     def base(self):
-        if self._base is None:
-            self._base = self.base_loader()
-            self._schedulers[id(self._base)] = self._base.scheduler
-        return self._base
-
-    def restore_schedulers(self) -> None:
-        """Put back the pipelines' own schedulers (probes swap in their subclasses)."""
-        for pipe in (self.erased, self._base):
-            if pipe is not None:
-                pipe.scheduler = self._schedulers[id(pipe)]
+        return self.base_loader()
 
 
 class Probe(Component):
@@ -182,7 +192,7 @@ class Probe(Component):
                 name = "clip"
                 jp.setdefault("clip_model", own_clip or PAPER_CLIP)
             else:
-                name = world.default_judge("classifier", self.ctx.concept)
+                name = default_judge(self.ctx, "classifier")  # the world's, as for the metrics
         if (name == "clip" and (p.judge == "auto" or rule == "clip_score") and self._is_style()
                 and world.open_vocabulary):
             jp.setdefault("template", "a painting in the style of {}")
@@ -194,11 +204,12 @@ class Probe(Component):
         if isinstance(p, SelectingParams):
             sname, sp = p.selector, dict(p.selector_params)
             if sname == "auto":
-                sname = "clip"
-                default = own_clip or DEFAULT_SELECTOR_CLIP
-                if name == "clip" and jp.get("clip_model") == default and not own_clip:
-                    default = "openai/clip-vit-large-patch14"  # never the scorer's own CLIP
-                sp.setdefault("clip_model", default)
+                sname = default_judge(self.ctx, "selector")  # the world's, as for the metrics
+                if sname == "clip":
+                    default = own_clip or DEFAULT_SELECTOR_CLIP
+                    if name == "clip" and jp.get("clip_model") == default and not own_clip:
+                        default = "openai/clip-vit-large-patch14"  # never the scorer's own CLIP
+                    sp.setdefault("clip_model", default)
             refs["selector"] = JudgeRef(sname, sp)
             if refs["selector"].key == refs["classifier"].key:
                 raise UserError(f"probe '{self.name}': selector and scoring judge are the same "
@@ -309,10 +320,10 @@ class Probe(Component):
         missing = [r for r in reqs if not store.has(r.key)]
         if missing:
             pipe = env.erased if which == "erased" else env.base
-            env.restore_schedulers()
-            Generator(pipe, env.device).generate(missing, have=lambda r: store.has(r.key),
-                                                 put=lambda r, img: store.put(r.key, img),
-                                                 batch_size=env.batch_size)
+            with _sampling.own_scheduler(pipe):
+                Generator(pipe, env.device).generate(missing, have=lambda r: store.has(r.key),
+                                                     put=lambda r, img: store.put(r.key, img),
+                                                     batch_size=env.batch_size)
         return store.get_many([r.key for r in reqs])
 
     # -- scoring --------------------------------------------------------------------------

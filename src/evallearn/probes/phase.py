@@ -7,6 +7,7 @@ the config does not list it, since every verdict is read against it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from .. import registry
 from ..cache import Cache, component_spec, judge_spec
 from ..store import ImageStore
+from . import _sampling
 from .base import ProbeEnv
 from .verdict import verdict
 
@@ -37,12 +39,13 @@ def check_probes(config, ctx) -> None:
 
 def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStore, base_images: ImageStore,
                judges, log: Callable[..., None], progress=None) -> dict[str, Any]:
-    cfg = plan.config
+    """Every configured probe on ``plan``'s run: ``pipe`` is the unlearned pipeline,
+    ``base_loader()`` the base one (the runner's, loaded once), ``run_images`` and
+    ``base_images`` the run's image stores (the metrics' "after" and "before" folders), and
+    ``judges`` the run's judges holder (``Judges.for_metric``, shared with the metrics)."""
     root = Path(plan.run_dir) / "probes"
-    env = ProbeEnv(erased=pipe, base_loader=base_loader, images=ImageStore(root / "images"), run_images=run_images,
-                   base_images=base_images, cache_dir=Path(cfg.output_dir) / "_probes", judges={},
-                   artefacts=root / "artefacts", batch_size=cfg.sampler.batch_size, device=cfg.device, log=log)
-    refs = probe_refs(cfg)
+    base_loader = functools.cache(base_loader)  # loaded on first need, once for all probes
+    refs = probe_refs(plan.config)
     task = progress.add_task("probes", total=len(refs), info="") if progress is not None else None
     out: dict[str, Any] = {}
     baseline_key = BASELINE
@@ -51,18 +54,16 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
         probe = cls(cls.parse_params(raw, f"probes '{key}'.params"), plan.ctx)
         if name == BASELINE:
             baseline_key = key
-        env.judges = judges.for_metric(probe)
+        env = ProbeEnv.from_plan(plan, pipe, base_loader, run_images, base_images, judges.for_metric(probe), log)
         # the run directory already keys the model, technique, concept and sampler; the entry
         # adds the probe (name, version, params) and each judge as resolved
         spec = {"kind": "probe", **component_spec(probe),
                 "judges": {r: judge_spec(j) for r, j in sorted(env.judges.items())}}
 
-        def compute(probe=probe, name=name):
+        def compute(probe=probe, name=name, env=env):
             probe.check(env.judges)
-            try:
+            with _sampling.own_scheduler(env.erased):
                 res = probe.run(env).to_dict()
-            finally:
-                env.restore_schedulers()
             res["probe"] = name
             return res
 

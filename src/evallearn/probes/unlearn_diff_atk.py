@@ -228,11 +228,12 @@ class UnlearnDiffAtk(Probe):
         for label, st in settings.items():
             def sample(batch, r=st["round"] - 1):
                 embeds = torch.cat([self.round_embeds(env, it, attacked(it)["rounds"][r]["ids"]) for it in batch])
-                env.erased.scheduler = make_scheduler(self.ctx.config.sampler.scheduler, cfg)
                 seeds = [s for _, s in batch]
                 lat = _sampling.initial_latents(env.erased, seeds, kw["height"], kw["width"])
-                img = env.erased(prompt_embeds=embeds.to(env.erased.unet.dtype), latents=lat,
-                                 generator=_sampling.step_generators(seeds), output_type="np", **kw).images
+                with _sampling.own_scheduler(env.erased):
+                    env.erased.scheduler = make_scheduler(self.ctx.config.sampler.scheduler, cfg)
+                    img = env.erased(prompt_embeds=embeds.to(env.erased.unet.dtype), latents=lat,
+                                     generator=_sampling.step_generators(seeds), output_type="np", **kw).images
                 return _sampling.to_uint8(np.asarray(img))
             images[label] = self.cached_sample(env, "uda", st, items, sample)
         prompts = {}
