@@ -1,0 +1,149 @@
+"""Running a suite's cells as Ray tasks (``eval-learn bench SUITE --executor ray``).
+
+Ray (Moritz et al., "Ray: A Distributed Framework for Emerging AI Applications", OSDI 2018) is
+the distributed engine; this module only submits work to it. Each cell is one task that calls
+:func:`evallearn.suite.executor.run_cell` on a worker, with the cell's resource needs: one GPU
+(``num_gpus``) when its config's device is ``cuda``, ``num_cpus`` CPUs otherwise (its torch
+thread count). Every worker writes into the suite's output folder, which must be one shared
+filesystem for all nodes: the run lock, the atomic writes and the shared caches keep it correct
+with many writers (:mod:`evallearn.store`, :mod:`evallearn.cache`), and base-model images and
+cached edits are made once among them.
+
+The cluster: ``address`` (``--address``), else ``$RAY_ADDRESS``, else a local Ray started for
+the call and stopped after it. An address that does not answer is a one-line error before any
+cell runs (a TCP check with a timeout first: Ray itself waits minutes for a dead address).
+Workers run in the driver's working directory (relative paths in configs mean the same) and
+need eval-learn installed, the same version of it and of ray as the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from ..errors import UserError
+from .cells import FAILED, Cell, CellOutcome
+from .executor import SuiteProgress, run_cell
+
+#: seconds to wait for a cluster address to answer
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``/``local``."""
+    if address in ("auto", "local"):
+        return None
+    bare = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"--address '{address}': expected HOST:PORT, ray://HOST:PORT, auto or local")
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A one-line :class:`UserError` unless ``address`` accepts a connection within ``timeout``."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise UserError(f"--address '{address}': the Ray cluster does not answer ({why} within "
+                        f"{timeout:g} s); start it (ray start --head) or fix the address") from None
+
+
+def cell_resources(cell: Cell, num_cpus: float, num_gpus: float) -> dict[str, float]:
+    """What a cell's task asks Ray for: one GPU-share for a ``cuda`` device, CPUs otherwise."""
+    device = cell.config.device
+    if device.startswith("cuda"):
+        if device != "cuda":
+            raise UserError(f"cell '{cell.id}': device '{device}': on Ray each cell is given its own GPU; "
+                            "use device: cuda")
+        return {"num_gpus": num_gpus, "num_cpus": 1}
+    if device != "cpu":
+        raise UserError(f"cell '{cell.id}': device '{device}' cannot be scheduled on Ray (cpu or cuda)")
+    return {"num_cpus": num_cpus}
+
+
+def _cell_task(config_json: dict[str, Any], cwd: str, threads: int) -> CellOutcome:
+    """On a worker: the driver's working directory, ``threads`` torch threads for a CPU cell,
+    then :func:`run_cell`."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return run_cell(config_json)
+
+
+class RayExecutor:
+    """Cells as Ray tasks on the cluster at ``address`` (see the module docstring).
+    ``num_cpus``: CPUs (= torch threads) per CPU cell; ``num_gpus``: GPUs per CUDA cell."""
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 1,
+                 local_cpus: int | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self._owns = False
+        if self.address is not None:
+            check_address(self.address)
+        if ray.is_initialized():  # a driver already connected (a notebook, the tests): use it
+            return
+        if self.address is None or self.address == "local":
+            ray.init(num_cpus=local_cpus, include_dashboard=False, configure_logging=False)
+            self._owns = True
+            return
+        try:
+            ray.init(address=self.address, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = " ".join(str(exc).split("\n")[:1]).strip()
+            raise UserError(f"--address '{self.address}': cannot join the Ray cluster: {first}") from None
+
+    def shutdown(self) -> None:
+        if ray.is_initialized() and self._owns:
+            ray.shutdown()
+        self._owns = False
+
+    def run(self, cells: Sequence[Cell], progress: SuiteProgress | None = None) -> list[CellOutcome]:
+        """Submit every cell, report each as it finishes; outcomes in the order of ``cells``."""
+        needs = [cell_resources(c, self.num_cpus, self.num_gpus) for c in cells]  # refused before any runs
+        task = ray.remote(_cell_task)
+        cwd = os.getcwd()
+        refs = {}
+        try:
+            for cell, need in zip(cells, needs, strict=True):
+                threads = 0 if "num_gpus" in need else max(1, int(need["num_cpus"]))
+                ref = task.options(**need, max_retries=1, name=f"cell {cell.id}").remote(
+                    cell.config_json(), cwd, threads)
+                refs[ref] = cell
+            print(f"ray: {len(cells)} cells submitted ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
+                  f"{ray.cluster_resources().get('GPU', 0):g} GPUs in the cluster)", file=sys.stderr)
+            outcomes: dict[str, CellOutcome] = {}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                cell = refs[ready[0]]
+                try:
+                    outcome = ray.get(ready[0])
+                except Exception as exc:  # the worker died (killed, out of memory): not the cell's code
+                    first = " ".join(str(exc).split("\n")[:1]).strip()
+                    outcome = CellOutcome(cell.id, FAILED, None, f"ray: {type(exc).__name__}: {first}")
+                outcome.cell_id = cell.id
+                outcomes[cell.id] = outcome
+                if progress is not None:
+                    progress.finish(outcome)
+        except BaseException:
+            for ref in refs:  # Ctrl-C: stop the workers; what they wrote is kept, a rerun resumes
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            self.shutdown()
+        return [outcomes[c.id] for c in cells]
