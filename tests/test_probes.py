@@ -189,8 +189,10 @@ def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, ti
     assert nb["n"] == 2 and len(nb["details"]["chosen"]) == 2 and set(nb["judges"]) == {"classifier", "selector"}
     assert nb["judges"]["classifier"] != nb["judges"]["selector"]
     assert "verdict" in first["probes"] and first["probes"]["verdict"]["label"]
-    pngs = sorted((Path(first["run"]["dir"]) / "probes" / "images").glob("*.png"))
-    assert len(pngs) == 2 * 2 + 2  # noise sweep + completion (standard images live with the run's)
+    # every erased-model image in the run's image store, by content key: standard prompt, noise
+    # sweep, completion (no probe image folder of its own)
+    pngs = sorted((Path(first["run"]["dir"]) / "images").glob("*.png"))
+    assert len(pngs) == 2 + 2 * 2 + 2 and not (Path(first["run"]["dir"]) / "probes" / "images").exists()
     stamps = {p: p.stat().st_mtime_ns for p in pngs}
     for n, s in nb["details"]["settings"].items():  # selection-free values, as the verdict tests them
         assert len(s["per_item"]) == 2 and s["value"] == sum(s["per_item"]) / 2, n
@@ -310,3 +312,27 @@ def test_latent_classifier_trains_saves_and_reloads(tiny, tmp_path):
     with torch.no_grad():
         assert torch.allclose(clf(x, t), again(x, t))
     assert math.isclose(_roc_auc(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.1, 0.85])), 0.75)
+
+
+def test_probe_image_keys_are_content_addresses(tiny_pipe_dir, tiny_clip_dir, tmp_path):
+    """A probe image's key holds what determines the image (procedure, setting, the item's
+    request), not the probe's other params: configs that differ in prompt count or judge share
+    images; a setting, the sampler or another procedure gives another key."""
+    from evallearn.generation import GenRequest
+    from evallearn.probes.classifier_guidance import ClassifierGuidance
+    from evallearn.probes.noise_based import NoiseBased
+    from evallearn.runner import prepare
+
+    ctx = prepare(_cfg(tiny_pipe_dir, tiny_clip_dir, tmp_path, [])).ctx
+    a = NoiseBased(NoiseBased.Params(num_prompts=2), ctx)
+    b = NoiseBased(NoiseBased.Params(num_prompts=5, judge="clip"), ctx)
+    item = a.items()[0]
+    assert item == b.items()[0]
+    st = {"eta": 1.0, "variance_scale": 1.0}
+    assert a.key("erased", st, item) == b.key("erased", st, item)
+    assert a.key("erased", st, item) != a.key("erased", {**st, "eta": 1.17}, item)
+    assert a.key("erased", st, item) != NoiseBased(NoiseBased.Params(steps=5), ctx).key("erased", st, item)
+    assert a.key("erased", st, item) != ClassifierGuidance(ClassifierGuidance.Params(), ctx).key("erased", st, item)
+    # the plain generation of an item is the metrics' request for it (shared with their images)
+    assert a.request(item) == GenRequest(item[0], item[1], steps=3, guidance_scale=ctx.config.sampler.guidance_scale,
+                                         height=ctx.height, width=ctx.width, scheduler=ctx.config.sampler.scheduler)

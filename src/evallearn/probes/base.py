@@ -35,6 +35,7 @@ which biases their best-of-N accuracies upwards.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ..cache import plain
 from ..components import Component, Params
 from ..concept_sets import default_judge
 from ..config import short_hash
 from ..context import RunContext
 from ..errors import UserError
+from ..generation import Generator, GenRequest
 from ..judges.base import Judge
 from ..metrics.base import JudgeRef, MetricResult
 from ..stats import bootstrap_ci
@@ -58,8 +61,6 @@ from .prompts import candidates, concept_word, probe_items, wace_concept
 #: the paper's CLIP (src/evaluator.py in kevinlu4588/WhenAreConceptsErased)
 PAPER_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_SELECTOR_CLIP = PAPER_CLIP
-#: ProbeParams that change how images are scored or chosen, never the images themselves
-SCORING_PARAMS = ("judge", "judge_params", "scoring", "selector", "selector_params")
 
 Item = tuple[str, int]  # (prompt, seed)
 
@@ -120,8 +121,10 @@ class ProbeEnv:
 
     It holds no state of its own: the run context is the probe's ``ctx`` (the Plan's
     :class:`RunContext`, the one every metric reads), the judges are the run's judges holder's
-    (``runner.Judges.for_metric``, one per probe), the image stores are the run's (``run_images``:
-    the run's ``images/``; ``base_images``: the shared ``_base`` store), and the
+    (``runner.Judges.for_metric``, one per probe), the image stores are the run's (``images`` and
+    ``run_images``: the run's ``images/``, the metrics' "after" folder; ``base_images``: the shared
+    ``_base`` store, their "before" folder), every image addressed by its content key (a
+    :class:`GenRequest`'s, or :meth:`Probe.key`), and the
     base pipeline is whatever ``base_loader`` returns (the runner's loader, loaded once). Every
     sampling helper puts back the scheduler it swapped in (:func:`._sampling.own_scheduler`), so
     nothing has to be restored afterwards.
@@ -129,7 +132,7 @@ class ProbeEnv:
 
     erased: Any
     base_loader: Callable[[], Any]
-    images: ImageStore  # the probe's own samples of the erased model
+    images: ImageStore  # the probe's own samples of the erased model (in a run: ``run_images``)
     run_images: ImageStore  # plain generations of the erased model, keyed like the metrics' requests
     base_images: ImageStore  # base-model images (plain and the probe's own), shared by every run on it
     cache_dir: Path  # trained artefacts (latent classifiers) shared across runs: <output_dir>/_probes
@@ -146,8 +149,7 @@ class ProbeEnv:
         """The view of ``plan``'s run: its image stores (``run_images``: the run's, ``base_images``:
         the base model's under ``_base``), batch size, device and cache folders."""
         cfg = plan.config
-        images = ImageStore(Path(plan.run_dir) / "probes" / "images")
-        return cls(erased=erased, base_loader=base_loader, images=images, run_images=run_images,
+        return cls(erased=erased, base_loader=base_loader, images=run_images, run_images=run_images,
                    base_images=base_images, cache_dir=Path(cfg.output_dir) / "_probes", judges=dict(judges),
                    artefacts=Path(plan.run_dir) / "probes" / "artefacts", batch_size=cfg.sampler.batch_size,
                    device=cfg.device, log=log or (lambda *a, **k: None))
@@ -291,32 +293,46 @@ class Probe(Component):
         return dict(num_inference_steps=self.steps, guidance_scale=self.guidance,
                     height=self.ctx.height, width=self.ctx.width)
 
+    def request(self, item: Item) -> GenRequest:
+        """``item``'s plain generation with the probe's sampler: the standard prompt's image of it,
+        keyed like the metrics' requests."""
+        return self.ctx.request(item[0], item[1], steps=self.steps, guidance_scale=self.guidance)
+
     def key(self, role: str, setting: Any, item: Item) -> str:
-        params = self.params.model_dump(mode="json", exclude=set(SCORING_PARAMS))
-        return short_hash({"probe": self.name, "params": params, "role": role,
-                           "setting": setting, "prompt": item[0], "seed": item[1],
-                           "sampler": [self.steps, self.guidance, self.ctx.height, self.ctx.width]}, 20)
+        """The content address of a probe sample that is not a plain generation (a noised
+        trajectory, a guided or completed one, an inpainting, a learned or adversarial prompt),
+        built like :attr:`GenRequest.key`: the hash of a spec holding everything that determines
+        the image besides the model whose store it lives in — the sampling procedure (the probe's
+        class, whatever name it is registered under, its code ``version`` and ``role``), its
+        ``setting`` (every parameter of the procedure that changes the image), and the item's
+        :class:`GenRequest` (prompt, seed, steps, CFG, size, scheduler, η). The probe's other
+        params (prompt count, judges, ``with_base``) are not in it, so two probe configs share
+        every image they have in common."""
+        procedure = {"probe": type(self).__name__, "version": self.version, "role": role}
+        return short_hash({"sampling": procedure,
+                           "setting": plain(setting), "request": dataclasses.asdict(self.request(item))}, 20)
 
     # -- sampling with resume ---------------------------------------------------------------
     def cached_sample(self, env: ProbeEnv, role: str, setting: Any, items: Sequence[Item],
-                      sample: Callable[[list[Item]], np.ndarray]) -> np.ndarray:
-        """Images for ``items`` under ``setting``; ``sample(batch)`` makes missing ones (uint8)."""
+                      sample: Callable[[list[Item]], np.ndarray], store: ImageStore | None = None) -> np.ndarray:
+        """Images for ``items`` under ``setting``; ``sample(batch)`` makes missing ones (uint8).
+        ``store``: where they live, by :meth:`key` (default ``env.images``, the erased model's;
+        ``env.base_images`` for the base model's)."""
+        store = env.images if store is None else store
         keys = [self.key(role, setting, it) for it in items]
-        todo = [i for i, k in enumerate(keys) if not env.images.has(k)]
+        todo = [i for i, k in enumerate(keys) if not store.has(k)]
         for start in range(0, len(todo), env.batch_size):
             idx = todo[start:start + env.batch_size]
             out = sample([items[i] for i in idx])
             for i, img in zip(idx, out, strict=True):
-                env.images.put(keys[i], img)
-        return env.images.get_many(keys)
+                store.put(keys[i], img)
+        return store.get_many(keys)
 
     def standard_images(self, env: ProbeEnv, items: Sequence[Item], which: str = "erased") -> np.ndarray:
         """Plain generations with the run's sampler, keyed like the metrics' requests so they are
         shared with them (the erased model's in the run, the base model's under ``_base``)."""
-        from ..generation import Generator
-
         store = env.run_images if which == "erased" else env.base_images
-        reqs = [self.ctx.request(p, s, steps=self.steps, guidance_scale=self.guidance) for p, s in items]
+        reqs = [self.request(it) for it in items]
         missing = [r for r in reqs if not store.has(r.key)]
         if missing:
             pipe = env.erased if which == "erased" else env.base

@@ -23,6 +23,7 @@ other ImageNet images).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -72,8 +73,11 @@ class ClassifierGuidance(Probe):
 
         p = self.params
         if p.classifier:
+            from .latent_classifier import _folder_digest
+
             clf = LatentClassifier.load(p.classifier, env.device)
-            return clf, {"classifier": p.classifier}
+            # its images are keyed by the classifier's content, not by where it lies
+            return clf, {"classifier": p.classifier, "digest": _folder_digest(Path(p.classifier).expanduser())}
         from .latent_classifier import cached_classifier, classifier_spec
 
         def train():
@@ -105,11 +109,14 @@ class ClassifierGuidance(Probe):
         settings = self.settings()
         clf, info = self.classifier_model(env)
         clf.requires_grad_(False)
+        # the classifier's content address: its cache entry's name (the hash of its complete spec)
+        # or the digest of the folder it was given as
+        classifier = info.get("digest") or Path(info["classifier"]).name
         images = {}
         for label, st in settings.items():
             def sample(batch, st=st):
                 sched = _schedulers.make(_schedulers.ClassifierGuidedDDIMScheduler, env.erased, classifier=clf,
                                          classifier_scale=st["scale"], variance_scale=st["variance_scale"])
                 return _sampling.run(env.erased, batch, sched, eta=st["eta"], **self.sample_kwargs())
-            images[label] = self.cached_sample(env, "erased", {**st, "classifier": info["classifier"]}, items, sample)
+            images[label] = self.cached_sample(env, "erased", {**st, "classifier": classifier}, items, sample)
         return self.sweep_result(env, items, images, settings, {"latent_classifier": info})

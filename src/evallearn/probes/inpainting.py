@@ -56,7 +56,9 @@ class Inpainting(Probe):
         m[lo:hi, lo:hi] = 255
         return Image.fromarray(m)
 
-    def inpaint(self, env: ProbeEnv, pipe, role: str, items, contexts: np.ndarray) -> np.ndarray:
+    def inpaint(self, env: ProbeEnv, pipe, role: str, items, contexts: np.ndarray, store=None) -> np.ndarray:
+        """``pipe`` inpaints the centre hole of ``contexts`` (the base model's standard images of
+        ``items``); stored by :meth:`key` in ``store`` (the erased model's by default)."""
         from diffusers import StableDiffusionInpaintPipeline
 
         index = {it: i for i, it in enumerate(items)}
@@ -73,7 +75,8 @@ class Inpainting(Probe):
                       **self.sample_kwargs())
             return to_uint8(np.asarray(out.images))
 
-        return self.cached_sample(env, role, {"mask_fraction": self.params.mask_fraction}, items, sample)
+        setting = {"mask_fraction": self.params.mask_fraction, "strength": self.params.strength}
+        return self.cached_sample(env, role, setting, items, sample, store)
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         items = self.items()
@@ -84,6 +87,6 @@ class Inpainting(Probe):
         details = {"mask": {"fraction": self.params.mask_fraction, "box_px": list(box), "image_px": self.ctx.height},
                    "prompts": [list(it) for it in items]}
         if self.params.with_base:
-            base = self.inpaint(env, env.base, "inpaint_base", items, contexts)
+            base = self.inpaint(env, env.base, "inpaint_base", items, contexts, env.base_images)
             details["base"] = self.result(env, self.recovered(env, crop_resize(base, box)), {}).summary()
         return self.result(env, rec, details)

@@ -28,6 +28,7 @@ the training settings and reused by a rerun with the same settings.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -215,6 +216,7 @@ class TextualInversion(Probe):
             return _sampling.run(pipe, batch, make_scheduler(self.ctx.config.sampler.scheduler, cfg),
                                  **self.sample_kwargs())
 
-        images = self.cached_sample(env, "ti", {"embedding": info["embedding"]}, items, sample)
+        # the embedding file is named by a hash of everything its training read
+        images = self.cached_sample(env, "ti", {"embedding": Path(info["embedding"]).name}, items, sample)
         return self.result(env, self.recovered(env, images), {"placeholder": self.placeholder(), "training": info,
                                                                 "prompts": [list(it) for it in items]})

@@ -222,6 +222,10 @@ class UnlearnDiffAtk(Probe):
         ts = self.timesteps(env.erased)
         rounds = list(range(len(ts))) if self.params.sample_every_round else [len(ts) - 1]
         settings = {f"round={r + 1},t={ts[r]}": {"round": r + 1, "t": ts[r]} for r in rounds}
+        p = self.params
+        # what the attacked tokens depend on besides the item (its base-model target is keyed by it)
+        attack = {"num_tokens": self.tokens_count(), "iterations": p.iterations, "num_timesteps": p.num_timesteps,
+                  "learning_rate": p.learning_rate, "weight_decay": p.weight_decay}
         cfg = env.erased.scheduler.config
         kw = self.sample_kwargs()
         images = {}
@@ -235,14 +239,13 @@ class UnlearnDiffAtk(Probe):
                     img = env.erased(prompt_embeds=embeds.to(env.erased.unet.dtype), latents=lat,
                                      generator=_sampling.step_generators(seeds), output_type="np", **kw).images
                 return _sampling.to_uint8(np.asarray(img))
-            images[label] = self.cached_sample(env, "uda", st, items, sample)
+            images[label] = self.cached_sample(env, "uda", {**st, "attack": attack}, items, sample)
         prompts = {}
         for it in items:
             got = attacked(it)
             prompts[f"{it[1]}:{it[0]}"] = {"adversarial_prompt": got["rounds"][-1]["adversarial_prompt"],
                                            "round_losses": [r["loss"] for r in got["rounds"]],
                                            "round_prompts": [r["adversarial_prompt"] for r in got["rounds"]]}
-        p = self.params
         extra = {"adversarial_prompts": prompts,
                  "attack": {"optimizer": "text_grad", "num_tokens": self.tokens_count(), "iterations": p.iterations,
                             "timesteps": ts, "steps_total": p.iterations * len(ts)}}
