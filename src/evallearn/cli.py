@@ -71,12 +71,27 @@ def run_and_report(cfg, console=None):
     return run_config(cfg, console=console or err, report=write_report)
 
 
+ShardOpt = Annotated[str | None, typer.Option("--shard", metavar="I/N", help=(
+    "Make only shard I of N of the run's images and score nothing; once all N are in, run again "
+    "without --shard to score them (docs/ray.md)"))]
+
+
 @app.command()
-def run(config: Path, set_: SetOpt = None) -> None:
+def run(config: Path, set_: SetOpt = None, shard: ShardOpt = None) -> None:
     """Run CONFIG: apply the technique, generate, judge, score; write results.json and report.html."""
     from .config import load_config
     from .report.table import nonfinite_lines, summary, unscored
 
+    if shard is not None:
+        from .suite.shard import parse_shard, run_shard
+
+        part = parse_shard(shard)
+        done = run_shard(load_config(config, set_ or []), part, console=err)
+        out.print(f"shard {part}: {done['after']} images and {done['base']} base-model images made · "
+                  f"{done['missing']} of the run's images still missing · {done['run_dir']}", soft_wrap=True)
+        out.print(f"once all {part.count} shards are in: eval-learn run {config} (without --shard) scores them",
+                  soft_wrap=True)
+        return
     results = run_and_report(load_config(config, set_ or []))
     out.print(summary(results))
     if results.probes is not None:
