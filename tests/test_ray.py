@@ -82,3 +82,26 @@ def test_a_ray_address_that_does_not_answer_is_one_line_exit_2(tmp_path, monkeyp
     assert not (tmp_path / "out").exists()  # refused before any cell ran
     code, _, err = main(["bench", path, "--executor", "ray", "--address", "nonsense"], monkeypatch, capsys)
     assert code == 2 and err.strip().startswith("error: --address 'nonsense': expected HOST:PORT"), err
+
+
+def test_a_run_in_two_shards_on_ray_equals_the_run_in_one(cluster, tmp_path, monkeypatch, capsys):
+    import torch
+    from test_shard import _pngs, _write
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray tasks (one CPU each)
+    try:
+        code, _, err = main(["run", _write(tmp_path, "whole")], monkeypatch, capsys)
+        assert code == 0, err
+    finally:
+        torch.set_num_threads(threads)
+    code, stdout, err = main(["run", _write(tmp_path, "sharded"), "--shards", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "results:" in stdout
+    (a,), (b,) = (tmp_path / "sharded").glob("sharded-*"), (tmp_path / "whole").glob("sharded-*")
+    records = [json.loads((a / "shards" / f"{i}-of-2.json").read_text()) for i in (1, 2)]
+    assert all(r["after"] > 0 for r in records)  # both shards made part of the images
+    assert sum(r["after"] for r in records) == len(_pngs(b / "images"))
+    assert _pngs(a / "images") == _pngs(b / "images")
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["metrics"] == rb["metrics"]

@@ -74,14 +74,23 @@ def run_and_report(cfg, console=None):
 ShardOpt = Annotated[str | None, typer.Option("--shard", metavar="I/N", help=(
     "Make only shard I of N of the run's images and score nothing; once all N are in, run again "
     "without --shard to score them (docs/ray.md)"))]
+ShardsOpt = Annotated[int | None, typer.Option("--shards", metavar="N", help=(
+    "Run as N shards on Ray tasks side by side, then score them (docs/ray.md)"))]
+AddressOpt = Annotated[str | None, typer.Option("--address", help=(
+    "Ray cluster address for --shards (default: $RAY_ADDRESS, else a local cluster)"))]
 
 
 @app.command()
-def run(config: Path, set_: SetOpt = None, shard: ShardOpt = None) -> None:
+def run(config: Path, set_: SetOpt = None, shard: ShardOpt = None, shards: ShardsOpt = None,
+        address: AddressOpt = None) -> None:
     """Run CONFIG: apply the technique, generate, judge, score; write results.json and report.html."""
     from .config import load_config
     from .report.table import nonfinite_lines, summary, unscored
 
+    if shard is not None and shards is not None:
+        raise UserError("--shard and --shards: give one (--shard I/N runs one shard here; --shards N all on Ray)")
+    if address is not None and shards is None:
+        raise UserError("--address: only with --shards (runs on Ray)")
     if shard is not None:
         from .suite.shard import parse_shard, run_shard
 
@@ -92,7 +101,20 @@ def run(config: Path, set_: SetOpt = None, shard: ShardOpt = None) -> None:
         out.print(f"once all {part.count} shards are in: eval-learn run {config} (without --shard) scores them",
                   soft_wrap=True)
         return
-    results = run_and_report(load_config(config, set_ or []))
+    if shards is not None:
+        from .results import load_results
+        from .suite.executor import get_executor
+
+        cfg = load_config(config, set_ or [])
+        if shards < 1:
+            raise UserError(f"--shards {shards}: give at least 1")
+        _, outcome = get_executor("ray", address).run_sharded(cfg, shards)
+        if outcome.status == "failed":
+            _say(f"error: scoring the shards failed: {outcome.error}")
+            raise typer.Exit(1)
+        results = load_results(Path(outcome.run_dir) / "results.json", "run")
+    else:
+        results = run_and_report(load_config(config, set_ or []))
     out.print(summary(results))
     if results.probes is not None:
         out.print(f"verdict: {results.probes.verdict.label} — {results.probes.verdict.summary}")

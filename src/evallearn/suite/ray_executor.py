@@ -26,8 +26,9 @@ from typing import Any
 
 import ray
 
+from ..config import RunConfig
 from ..errors import UserError
-from .cells import FAILED, Cell, CellOutcome
+from .cells import CACHED, FAILED, Cell, CellOutcome
 from .executor import SuiteProgress, run_cell
 
 #: seconds to wait for a cluster address to answer
@@ -59,29 +60,56 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                         f"{timeout:g} s); start it (ray start --head) or fix the address") from None
 
 
-def cell_resources(cell: Cell, num_cpus: float, num_gpus: float) -> dict[str, float]:
-    """What a cell's task asks Ray for: one GPU-share for a ``cuda`` device, CPUs otherwise."""
-    device = cell.config.device
+def resources(config: RunConfig, label: str, num_cpus: float, num_gpus: float) -> dict[str, float]:
+    """What a task of ``config`` asks Ray for: ``num_gpus`` for a ``cuda`` device, ``num_cpus``
+    otherwise."""
+    device = config.device
     if device.startswith("cuda"):
         if device != "cuda":
-            raise UserError(f"cell '{cell.id}': device '{device}': on Ray each cell is given its own GPU; "
-                            "use device: cuda")
+            raise UserError(f"{label}: device '{device}': on Ray each task is given its own GPU; use device: cuda")
         return {"num_gpus": num_gpus, "num_cpus": 1}
     if device != "cpu":
-        raise UserError(f"cell '{cell.id}': device '{device}' cannot be scheduled on Ray (cpu or cuda)")
+        raise UserError(f"{label}: device '{device}' cannot be scheduled on Ray (cpu or cuda)")
     return {"num_cpus": num_cpus}
 
 
-def _cell_task(config_json: dict[str, Any], cwd: str, threads: int) -> CellOutcome:
-    """On a worker: the driver's working directory, ``threads`` torch threads for a CPU cell,
-    then :func:`run_cell`."""
+def cell_resources(cell: Cell, num_cpus: float, num_gpus: float) -> dict[str, float]:
+    """What a cell's task asks Ray for (:func:`resources`)."""
+    return resources(cell.config, f"cell '{cell.id}'", num_cpus, num_gpus)
+
+
+def _threads(need: dict[str, float]) -> int:
+    """Torch threads of a task: its CPUs for a CPU task (0: leave torch's default)."""
+    return 0 if "num_gpus" in need else max(1, int(need["num_cpus"]))
+
+
+def _on_worker(cwd: str, threads: int) -> None:
     if os.path.isdir(cwd):
         os.chdir(cwd)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _cell_task(config_json: dict[str, Any], cwd: str, threads: int) -> CellOutcome:
+    """On a worker: the driver's working directory, ``threads`` torch threads for a CPU cell,
+    then :func:`run_cell`."""
+    _on_worker(cwd, threads)
     return run_cell(config_json)
+
+
+def _shard_task(config_json: dict[str, Any], index: int, count: int, cwd: str, threads: int) -> dict[str, Any]:
+    """On a worker: shard ``index`` of ``count`` of a run (:func:`evallearn.suite.shard.run_shard`)."""
+    from ..config import parse_config
+    from .shard import Shard, run_shard
+
+    _on_worker(cwd, threads)
+    return run_shard(parse_config(config_json), Shard(index, count))
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")[:1]).strip()
 
 
 class RayExecutor:
@@ -120,9 +148,8 @@ class RayExecutor:
         refs = {}
         try:
             for cell, need in zip(cells, needs, strict=True):
-                threads = 0 if "num_gpus" in need else max(1, int(need["num_cpus"]))
                 ref = task.options(**need, max_retries=1, name=f"cell {cell.id}").remote(
-                    cell.config_json(), cwd, threads)
+                    cell.config_json(), cwd, _threads(need))
                 refs[ref] = cell
             print(f"ray: {len(cells)} cells submitted ({ray.cluster_resources().get('CPU', 0):g} CPUs, "
                   f"{ray.cluster_resources().get('GPU', 0):g} GPUs in the cluster)", file=sys.stderr)
@@ -134,8 +161,7 @@ class RayExecutor:
                 try:
                     outcome = ray.get(ready[0])
                 except Exception as exc:  # the worker died (killed, out of memory): not the cell's code
-                    first = " ".join(str(exc).split("\n")[:1]).strip()
-                    outcome = CellOutcome(cell.id, FAILED, None, f"ray: {type(exc).__name__}: {first}")
+                    outcome = CellOutcome(cell.id, FAILED, None, f"ray: {type(exc).__name__}: {_first_line(exc)}")
                 outcome.cell_id = cell.id
                 outcomes[cell.id] = outcome
                 if progress is not None:
@@ -147,3 +173,42 @@ class RayExecutor:
         finally:
             self.shutdown()
         return [outcomes[c.id] for c in cells]
+
+    def run_sharded(self, config: RunConfig, count: int) -> tuple[list[dict[str, Any]], CellOutcome]:
+        """One run as ``count`` shard tasks (:mod:`evallearn.suite.shard`) side by side, then
+        one task that scores them (:func:`run_cell`: generates nothing, writes results.json).
+        Returns each shard's record and the final outcome."""
+        from ..runner import prepare
+        from .shard import generation_batch_size
+
+        if count < 1:
+            raise UserError(f"--shards {count}: give at least 1")
+        generation_batch_size(config)  # refused here, before any task: batch_size auto
+        run_dir = prepare(config).run_dir  # a bad config is one line now, not on every worker
+        if (run_dir / "results.json").is_file():
+            self.shutdown()
+            return [], CellOutcome(config.name, CACHED, str(run_dir), None)
+        need = resources(config, f"run '{config.name}'", self.num_cpus, self.num_gpus)
+        cwd, data = os.getcwd(), config.model_dump(mode="json")
+        shard = ray.remote(_shard_task)
+        refs = [shard.options(**need, max_retries=1, name=f"{config.name} shard {i}/{count}").remote(
+            data, i, count, cwd, _threads(need)) for i in range(1, count + 1)]
+        try:
+            records = []
+            for i, ref in enumerate(refs, 1):
+                try:
+                    records.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    if isinstance(cause, UserError):
+                        raise UserError(_first_line(cause)) from None
+                    raise RuntimeError(f"shard {i}/{count}: {type(cause).__name__}: {_first_line(cause)}") from None
+            final = ray.remote(_cell_task).options(**need, max_retries=1, name=f"{config.name} score")
+            outcome = ray.get(final.remote(data, cwd, _threads(need)))
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            self.shutdown()
+        return records, outcome
