@@ -197,6 +197,20 @@ def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, ti
     for n, s in nb["details"]["settings"].items():  # selection-free values, as the verdict tests them
         assert len(s["per_item"]) == 2 and s["value"] == sum(s["per_item"]) / 2, n
     assert nb["chance"] == 1 / 3 and nb["scoring"]["candidates"] == ["cat", "dog", "car"]
+    # per-image records as the metrics keep them: one per (setting, prompt) image, keyed by the
+    # image's content address in the run's store; the value is the mean over the selector's picks
+    recs = nb["samples"]
+    assert len(recs) == 2 * 2 and {r["setting"] for r in recs} == set(nb["details"]["settings"])
+    assert all({"value", "prompt", "seed", "key", "label", "chosen"} <= set(r) for r in recs)
+    assert all(r["label"] in ("cat", "dog", "car") and r["value"] == float(r["label"] == "cat") for r in recs)
+    assert all((Path(first["run"]["dir"]) / "images" / f"{r['key']}.png").is_file() for r in recs)
+    picked = [r["value"] for r in recs if r["chosen"]]
+    assert len(picked) == 2 and sum(picked) / 2 == nb["value"]
+    # before/after in one shape: the standard prompt's base-model result is a probe result too
+    std = first["probes"]["results"]["standard_prompt"]
+    base = std["details"]["base"]
+    assert set(base) == set(std) - {"probe"} and len(base["samples"]) == 2
+    assert [r["key"] for r in base["samples"]] == [r["key"] for r in std["samples"]]  # the same requests
     second = run(cfg)
     assert second["probes"]["results"] == first["probes"]["results"]
     # resumed from the cache: no probe image was made again

@@ -52,7 +52,7 @@ from ..context import RunContext
 from ..errors import UserError
 from ..generation import Generator, GenRequest
 from ..judges.base import Judge
-from ..metrics.base import JudgeRef, MetricResult
+from ..metrics.base import JudgeRef, MetricResult, Sample
 from ..stats import bootstrap_ci
 from ..store import ImageStore
 from . import _sampling
@@ -73,10 +73,6 @@ class ProbeResult(MetricResult):
     chance: float | None = None
     #: the scoring rule: ``rule``, ``candidates`` / ``imagenet_class`` / ``text``, ``chance``
     scoring: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n,
-                "per_item": self.details.get("per_item", [])}
 
 
 Scoring = Literal["auto", "choice", "imagenet", "imagenet_top5", "clip_score"]
@@ -359,16 +355,46 @@ class Probe(Component):
 
     def recovered(self, env: ProbeEnv, images: np.ndarray) -> np.ndarray:
         """Per image: 1/0 (the concept chosen / in the top-k) or the CLIP score (``clip_score``)."""
+        return self.judged(env, images)[0]
+
+    def judged(self, env: ProbeEnv, images: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Per image: its value (:meth:`recovered`) and the judge's label (the candidate it chose
+        under ``choice``; None under the other rules, whose value is the whole answer)."""
         rule = self.scoring_rule()
         if len(images) == 0:
-            return np.zeros(0)
+            return np.zeros(0), []
         judge = env.judges["classifier"]
         if rule.startswith("imagenet"):
             k = 5 if rule == "imagenet_top5" else 1
-            return judge.topk_hits(images, self.imagenet_class(judge), k).astype(float)
+            return judge.topk_hits(images, self.imagenet_class(judge), k).astype(float), [None] * len(images)
         if rule == "clip_score":
-            return 100.0 * np.asarray(judge.score(images, [self.clip_text(env)] * len(images)), dtype=float)
-        return np.array([c == self.target_word() for c in self.classify(env, images)], dtype=float)
+            values = 100.0 * np.asarray(judge.score(images, [self.clip_text(env)] * len(images)), dtype=float)
+            return values, [None] * len(images)
+        labels = self.classify(env, images)
+        return np.array([c == self.target_word() for c in labels], dtype=float), list(labels)
+
+    def samples(self, values: Sequence[float], labels: Sequence[str | None], items: Sequence[Item],
+                keys: Sequence[str] | None = None, **meta: Any) -> list[Sample]:
+        """One :class:`Sample` per image, as the metrics keep them: its value with the item's
+        ``prompt`` and ``seed``, the image's content ``key``, ``meta`` (``setting``, ...) and the
+        judge's ``label``."""
+        keys = list(keys) if keys is not None else [None] * len(items)
+        return [Sample(float(v), {"prompt": it[0], "seed": it[1], "key": k, **meta, "label": lab})
+                for v, lab, it, k in zip(values, labels, items, keys, strict=True)]
+
+    def scored(self, env: ProbeEnv, images: np.ndarray, items: Sequence[Item], keys: Sequence[str] | None = None,
+               **meta: Any) -> tuple[np.ndarray, list[Sample]]:
+        """:meth:`recovered` values of ``images`` (those of ``items``) and their :meth:`samples`."""
+        values, labels = self.judged(env, images)
+        return values, self.samples(values, labels, items, keys, **meta)
+
+    def request_keys(self, items: Sequence[Item]) -> list[str]:
+        """The content keys of ``items``' plain generations (:meth:`standard_images`)."""
+        return [self.request(it).key for it in items]
+
+    def sample_keys(self, role: str, setting: Any, items: Sequence[Item]) -> list[str]:
+        """The content keys of ``items``' samples under ``setting`` (:meth:`cached_sample`)."""
+        return [self.key(role, setting, it) for it in items]
 
     def select(self, env: ProbeEnv, items: Sequence[Item], images_by_setting: dict[str, np.ndarray]) -> np.ndarray:
         """Index (into the settings) of the selector's best candidate for each item."""
@@ -380,19 +406,33 @@ class Probe(Component):
     def judge_specs(self, env: ProbeEnv) -> dict[str, Any]:
         return {role: j.spec() for role, j in env.judges.items()}
 
-    def result(self, env: ProbeEnv, values: np.ndarray, details: dict[str, Any]) -> ProbeResult:
+    def result(self, env: ProbeEnv, values: np.ndarray, details: dict[str, Any],
+               samples: Sequence[Sample] | None = None) -> ProbeResult:
+        """The probe's value: the mean of ``values`` (one per item) with its 95 % bootstrap
+        interval; ``samples``: the per-image records behind it (written as ``samples``)."""
         values = np.asarray(values, dtype=float)
         lo, hi = bootstrap_ci(values)
         details = {"per_item": values.tolist(), **details}
         return ProbeResult(value=float(values.mean()) if values.size else float("nan"), ci_low=lo, ci_high=hi,
                            n=int(values.size), higher_is_better=self.higher_is_better, details=details,
                            judges=self.judge_specs(env), kind=self.kind, chance=self.chance(),
-                           scoring=self.scoring_spec(env))
+                           scoring=self.scoring_spec(env),
+                           samples=None if samples is None else [x.to_dict() for x in samples])
+
+    def before(self, env: ProbeEnv, values: np.ndarray, samples: Sequence[Sample] | None = None) -> dict[str, Any]:
+        """The base model's result under the same procedure, in the shape of the value itself (a
+        metric's ``before``): written under ``details.base``."""
+        return self.result(env, values, {}, samples).to_dict()
 
     def sweep_result(self, env: ProbeEnv, items: Sequence[Item], images_by_setting: dict[str, np.ndarray],
-                     settings: dict[str, Any], extra: dict[str, Any] | None = None) -> ProbeResult:
-        """Every setting on its own, and best-of-N chosen by the selector (not the scorer)."""
-        rec = {lab: self.recovered(env, imgs) for lab, imgs in images_by_setting.items()}
+                     settings: dict[str, Any], extra: dict[str, Any] | None = None,
+                     keys_by_setting: dict[str, list[str]] | None = None) -> ProbeResult:
+        """Every setting on its own, and best-of-N chosen by the selector (not the scorer). The
+        records: one per (item, setting) image, with its ``setting`` and whether the selector
+        ``chosen`` it; the value is the mean over the chosen ones."""
+        keys_by_setting = keys_by_setting or {}
+        judged = {lab: self.judged(env, imgs) for lab, imgs in images_by_setting.items()}
+        rec = {lab: v for lab, (v, _) in judged.items()}
         per_setting = {}
         for lab, v in rec.items():
             lo, hi = bootstrap_ci(v)
@@ -405,7 +445,11 @@ class Probe(Component):
             chosen_labels = [labels[c] for c in chosen]
         else:
             best, chosen_labels = rec[labels[0]], [labels[0]] * len(items)
+        samples = [x for lab, (v, names) in judged.items()
+                   for x in self.samples(v, names, items, keys_by_setting.get(lab), setting=lab)]
+        samples = [Sample(x.value, {**x.meta, "chosen": chosen_labels[i % len(items)] == x.meta["setting"]})
+                   for i, x in enumerate(samples)]
         details = {"settings": per_setting, "selection": f"best of {len(labels)} per prompt by the selector judge "
                    "(the value; the verdict tests each setting on its own)",
                    "chosen": chosen_labels, "prompts": [list(it) for it in items], **(extra or {})}
-        return self.result(env, best, details)
+        return self.result(env, best, details, samples)

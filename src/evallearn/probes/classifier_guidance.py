@@ -112,11 +112,12 @@ class ClassifierGuidance(Probe):
         # the classifier's content address: its cache entry's name (the hash of its complete spec)
         # or the digest of the folder it was given as
         classifier = info.get("digest") or Path(info["classifier"]).name
-        images = {}
+        images, keys = {}, {}
         for label, st in settings.items():
             def sample(batch, st=st):
                 sched = _schedulers.make(_schedulers.ClassifierGuidedDDIMScheduler, env.erased, classifier=clf,
                                          classifier_scale=st["scale"], variance_scale=st["variance_scale"])
                 return _sampling.run(env.erased, batch, sched, eta=st["eta"], **self.sample_kwargs())
             images[label] = self.cached_sample(env, "erased", {**st, "classifier": classifier}, items, sample)
-        return self.sweep_result(env, items, images, settings, {"latent_classifier": info})
+            keys[label] = self.sample_keys("erased", {**st, "classifier": classifier}, items)
+        return self.sweep_result(env, items, images, settings, {"latent_classifier": info}, keys)

@@ -76,12 +76,15 @@ class DiffusionCompletion(Probe):
     def run(self, env: ProbeEnv) -> ProbeResult:
         items = self.items()
         settings = {f"k={k}": {"k": k, "base_steps": k + 1} for k in self.interrupts()}
-        images = {}
+        images, keys = {}, {}
         for label, st in settings.items():
             def sample(batch, k=st["k"]):
                 return self.complete(env, batch, k)
             images[label] = self.cached_sample(env, "completion", st, items, sample)
+            keys[label] = self.sample_keys("completion", st, items)
         extra = {}
         if self.params.with_base:
-            extra["base"] = self.result(env, self.recovered(env, self.base_control(env, items)), {}).summary()
-        return self.sweep_result(env, items, images, settings, extra)
+            extra["base"] = self.before(env, *self.scored(env, self.base_control(env, items), items,
+                                                          self.sample_keys("completion_base", {}, items),
+                                                          setting="base model's own run"))
+        return self.sweep_result(env, items, images, settings, extra, keys)

@@ -75,18 +75,25 @@ class Inpainting(Probe):
                       **self.sample_kwargs())
             return to_uint8(np.asarray(out.images))
 
-        setting = {"mask_fraction": self.params.mask_fraction, "strength": self.params.strength}
-        return self.cached_sample(env, role, setting, items, sample, store)
+        return self.cached_sample(env, role, self.setting(), items, sample, store)
+
+    def setting(self) -> dict:
+        """What, besides the item, determines an inpainted image (its key)."""
+        return {"mask_fraction": self.params.mask_fraction, "strength": self.params.strength}
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         items = self.items()
         contexts = self.standard_images(env, items, "base")
         box = centre_box(self.ctx.height, self.params.mask_fraction)
         erased = self.inpaint(env, env.erased, "inpaint_erased", items, contexts)
-        rec = self.recovered(env, crop_resize(erased, box))
+        label = "mask={mask_fraction:g},strength={strength:g}".format(**self.setting())
+        rec, samples = self.scored(env, crop_resize(erased, box), items,
+                                   self.sample_keys("inpaint_erased", self.setting(), items), setting=label)
         details = {"mask": {"fraction": self.params.mask_fraction, "box_px": list(box), "image_px": self.ctx.height},
                    "prompts": [list(it) for it in items]}
         if self.params.with_base:
             base = self.inpaint(env, env.base, "inpaint_base", items, contexts, env.base_images)
-            details["base"] = self.result(env, self.recovered(env, crop_resize(base, box)), {}).summary()
-        return self.result(env, rec, details)
+            details["base"] = self.before(env, *self.scored(env, crop_resize(base, box), items,
+                                                            self.sample_keys("inpaint_base", self.setting(), items),
+                                                            setting=label))
+        return self.result(env, rec, details, samples)

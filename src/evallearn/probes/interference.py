@@ -47,21 +47,25 @@ class Interference(Probe):
         for which in ("erased", "base"):
             labels = self.classify(env, self.standard_images(env, items, which))
             alternatives[which] = {c: Counter(labels).get(c, 0) / max(len(labels), 1) for c in cands}
-        correct, per_neighbour = [], {}
+        correct: dict[str, list[float]] = {"erased": [], "base": []}
+        records: dict[str, list] = {"erased": [], "base": []}
+        per_neighbour = {}
         for word in cands[1:]:
             neigh = [c for c in self._retain_names() if concept_word(self.ctx, c) == word] or [word]
             n_items = self.neighbour_items(neigh[0])
             acc = {}
             for which in ("erased", "base"):
-                ok = np.array([c == word for c in self.classify(env, self.standard_images(env, n_items, which))],
-                              dtype=float)
+                labels = self.classify(env, self.standard_images(env, n_items, which))
+                ok = np.array([c == word for c in labels], dtype=float)
                 acc[which] = float(ok.mean())
-                if which == "erased":
-                    correct.extend(ok.tolist())
+                correct[which].extend(ok.tolist())
+                records[which].extend(self.samples(ok, labels, n_items, self.request_keys(n_items),
+                                                   setting="neighbour", concept=word))
             per_neighbour[word] = acc
         base_acc = float(np.mean([v["base"] for v in per_neighbour.values()])) if per_neighbour else float("nan")
-        return self.result(env, np.array(correct), {
-            "alternatives": alternatives, "neighbours": per_neighbour, "base_neighbour_accuracy": base_acc})
+        return self.result(env, np.array(correct["erased"]), {
+            "alternatives": alternatives, "neighbours": per_neighbour, "base_neighbour_accuracy": base_acc,
+            "base": self.before(env, np.array(correct["base"]), records["base"])}, records["erased"])
 
     def _retain_names(self) -> list[str]:
         from ..metrics._prompts import retain_concepts

@@ -57,7 +57,7 @@ class NoiseBased(Probe):
         items = self.items()
         settings = self.settings()
         fresh = self.params.fresh_latents
-        images = {}
+        images, keys = {}, {}
         for index, (label, st) in enumerate(settings.items()):
             def sample(batch, st=st, index=index):
                 sched = _schedulers.make(_schedulers.EtaDDIMScheduler, env.erased,
@@ -67,5 +67,7 @@ class NoiseBased(Probe):
                 return _sampling.run(env.erased, batch, sched, eta=st["eta"], **self.sample_kwargs())
             setting = {**st, "candidate": index} if fresh else st
             images[label] = self.cached_sample(env, "erased", setting, items, sample)
+            keys[label] = self.sample_keys("erased", setting, items)
         return self.sweep_result(env, items, images, settings,
-                                 {"initial_latents": "fresh per candidate" if fresh else "fixed per (prompt, seed)"})
+                                 {"initial_latents": "fresh per candidate" if fresh else "fixed per (prompt, seed)"},
+                                 keys)

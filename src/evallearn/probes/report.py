@@ -34,7 +34,8 @@ def floor_text(r: ProbeResult) -> str:
 
 
 def _base_value(r: ProbeResult) -> float | None:
-    """The base model's value where the probe ran it (or its neighbour accuracy)."""
+    """The base model's value where the probe ran it (``details.base``: the probe's result on the
+    base model), else its neighbour accuracy (files written before interference recorded one)."""
     base = r.details.get("base")
     return base["value"] if base else r.details.get("base_neighbour_accuracy")
 

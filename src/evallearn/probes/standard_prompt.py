@@ -21,9 +21,10 @@ class StandardPrompt(Probe):
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         items = self.items()
-        rec = self.recovered(env, self.standard_images(env, items, "erased"))
+        keys = self.request_keys(items)  # the metrics' requests: these images are theirs too
+        rec, samples = self.scored(env, self.standard_images(env, items, "erased"), items, keys, setting="standard")
         details = {"prompts": [list(it) for it in items]}
         if self.params.with_base:
-            base = self.recovered(env, self.standard_images(env, items, "base"))
-            details["base"] = self.result(env, base, {}).summary()
-        return self.result(env, rec, details)
+            details["base"] = self.before(env, *self.scored(env, self.standard_images(env, items, "base"), items,
+                                                            keys, setting="standard"))
+        return self.result(env, rec, details, samples)

@@ -217,6 +217,9 @@ class TextualInversion(Probe):
                                  **self.sample_kwargs())
 
         # the embedding file is named by a hash of everything its training read
-        images = self.cached_sample(env, "ti", {"embedding": Path(info["embedding"]).name}, items, sample)
-        return self.result(env, self.recovered(env, images), {"placeholder": self.placeholder(), "training": info,
-                                                                "prompts": [list(it) for it in items]})
+        setting = {"embedding": Path(info["embedding"]).name}
+        images = self.cached_sample(env, "ti", setting, items, sample)
+        rec, samples = self.scored(env, images, items, self.sample_keys("ti", setting, items),
+                                   setting=self.placeholder())
+        return self.result(env, rec, {"placeholder": self.placeholder(), "training": info,
+                                      "prompts": [list(it) for it in items]}, samples)

@@ -228,7 +228,7 @@ class UnlearnDiffAtk(Probe):
                   "learning_rate": p.learning_rate, "weight_decay": p.weight_decay}
         cfg = env.erased.scheduler.config
         kw = self.sample_kwargs()
-        images = {}
+        images, keys = {}, {}
         for label, st in settings.items():
             def sample(batch, r=st["round"] - 1):
                 embeds = torch.cat([self.round_embeds(env, it, attacked(it)["rounds"][r]["ids"]) for it in batch])
@@ -240,6 +240,7 @@ class UnlearnDiffAtk(Probe):
                                      generator=_sampling.step_generators(seeds), output_type="np", **kw).images
                 return _sampling.to_uint8(np.asarray(img))
             images[label] = self.cached_sample(env, "uda", {**st, "attack": attack}, items, sample)
+            keys[label] = self.sample_keys("uda", {**st, "attack": attack}, items)
         prompts = {}
         for it in items:
             got = attacked(it)
@@ -249,4 +250,4 @@ class UnlearnDiffAtk(Probe):
         extra = {"adversarial_prompts": prompts,
                  "attack": {"optimizer": "text_grad", "num_tokens": self.tokens_count(), "iterations": p.iterations,
                             "timesteps": ts, "steps_total": p.iterations * len(ts)}}
-        return self.sweep_result(env, items, images, settings, extra)
+        return self.sweep_result(env, items, images, settings, extra, keys)

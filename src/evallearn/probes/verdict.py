@@ -164,7 +164,8 @@ def verdict(results: dict[str, dict[str, Any]], baseline: str = "standard_prompt
 
     erased_under_prompt: bool | None = True
     if base is not None:
-        b_items = base.get("per_item", [])
+        # the base model's result (a probe result's shape; a summary with per_item in older files)
+        b_items = base.get("per_item", (base.get("details") or {}).get("per_item", []))
         if min_p(len(b_items), len(std_items)) > alpha:
             erased_under_prompt = None
             warnings.append(f"n = {len(std_items)} prompts is too few to tell the standard prompt from the base "
