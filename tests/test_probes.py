@@ -350,3 +350,42 @@ def test_probe_image_keys_are_content_addresses(tiny_pipe_dir, tiny_clip_dir, tm
     # the plain generation of an item is the metrics' request for it (shared with their images)
     assert a.request(item) == GenRequest(item[0], item[1], steps=3, guidance_scale=ctx.config.sampler.guidance_scale,
                                          height=ctx.height, width=ctx.width, scheduler=ctx.config.sampler.scheduler)
+
+
+def test_probe_result_key_follows_its_params_version_inputs_and_judges(tiny_pipe_dir, tiny_clip_dir, tmp_path):
+    """The probe result cache (cache.py, in the run directory): any declared input, the version, a
+    param or a judge's spec changes the key; the output folder does not."""
+    from evallearn.cache import Cache
+    from evallearn.probes.noise_based import NoiseBased
+    from evallearn.probes.phase import probe_spec
+    from evallearn.runner import prepare
+
+    class J:
+        def __init__(self, name):
+            self.name = name
+
+        def spec(self):
+            return {"name": self.name}
+
+    judges = {"classifier": J("a"), "selector": J("b")}
+
+    def key(ctx, params=None, cls=NoiseBased, js=judges):
+        return Cache.key(probe_spec(cls(cls.Params(**(params or {})), ctx), js))
+
+    ctx = prepare(_cfg(tiny_pipe_dir, tiny_clip_dir, tmp_path, [])).ctx
+    k = key(ctx)
+    moved = prepare(_cfg(tiny_pipe_dir, tiny_clip_dir, tmp_path / "elsewhere", [])).ctx
+    assert key(moved) == k
+    assert key(ctx, {"num_prompts": 3}) != k
+    assert key(ctx, js={**judges, "classifier": J("c")}) != k
+
+    class Newer(NoiseBased):
+        version = "2"
+
+    assert key(ctx, cls=Newer) != k
+    from evallearn.config import parse_config
+
+    for change in ({"seed": 1}, {"concept": {"name": "cat", "retain": ["dog"]}},
+                   {"sampler": {"steps": 4, "batch_size": 8}}):
+        other = parse_config({**_cfg(tiny_pipe_dir, tiny_clip_dir, tmp_path, []).model_dump(mode="json"), **change})
+        assert key(prepare(other).ctx) != k, change

@@ -271,6 +271,15 @@ class Probe(Component):
     def clip_text(self, env: ProbeEnv) -> str:
         return env.judges["classifier"].params.template.format(self.target_word())
 
+    # -- what the probe reads of the run ----------------------------------------------------
+    def inputs(self) -> dict[str, Any]:
+        """Everything of the run this probe reads besides its params, its judges and the two
+        pipelines (the run directory its results live in keys those): the resolved concept, the
+        run seed, the sampler and the image size. Part of its result's cache key."""
+        c = self.ctx
+        return {"concept": plain(c.concept), "seed": c.seed, "sampler": plain(c.config.sampler),
+                "size": [c.height, c.width]}
+
     # -- prompts and sampler --------------------------------------------------------------
     def items(self, concept: str | None = None, word: str | None = None) -> list[Item]:
         p = self.params

@@ -37,6 +37,15 @@ def check_probes(config, ctx) -> None:
         cls(cls.parse_params(dict(ref.params), f"probes[{i}].params"), ctx).check()
 
 
+def probe_spec(probe, judges) -> dict[str, Any]:
+    """The complete key of a probe's result in the run directory's cache: the probe (name,
+    ``version``, params), what it reads of the run (:meth:`~.base.Probe.inputs`) and each judge
+    as resolved (spec, version, weights fingerprint). The run directory keys the pipelines (model,
+    base model, technique)."""
+    return {"kind": "probe", **component_spec(probe), "inputs": probe.inputs(),
+            "judges": {r: judge_spec(j) for r, j in sorted(judges.items())}}
+
+
 def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStore, base_images: ImageStore,
                judges, log: Callable[..., None], progress=None) -> dict[str, Any]:
     """Every configured probe on ``plan``'s run: ``pipe`` is the unlearned pipeline,
@@ -55,10 +64,7 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
         if name == BASELINE:
             baseline_key = key
         env = ProbeEnv.from_plan(plan, pipe, base_loader, run_images, base_images, judges.for_metric(probe), log)
-        # the run directory already keys the model, technique, concept and sampler; the entry
-        # adds the probe (name, version, params) and each judge as resolved
-        spec = {"kind": "probe", **component_spec(probe),
-                "judges": {r: judge_spec(j) for r, j in sorted(env.judges.items())}}
+        spec = probe_spec(probe, env.judges)
 
         def compute(probe=probe, name=name, env=env):
             probe.check(env.judges)
