@@ -21,8 +21,9 @@ infinity).
 The placeholder is then put into the concept's prompt templates (never substring replacement:
 the authors' replacement missed 8 of their 13 concepts, silently turning the probe into the
 standard prompt) and sampled with the same seeds as the standard prompt (a ``prompts_file``'s
-seeds when one is given). The learned embedding is saved in the run directory under a hash of
-the training settings and reused by a rerun with the same settings.
+seeds when one is given). The learned embedding is an entry of the one keyed cache
+(:mod:`evallearn.cache`) in the run directory, keyed by everything its training reads
+(:meth:`TextualInversion.embedding_spec`), and reused by a rerun with the same settings.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import safe_join, short_hash
+from ..config import safe_join
 from ..generation import make_scheduler
 from ..models import text
 from ..models.prediction import denoising_target
@@ -43,6 +44,9 @@ from .base import Probe, ProbeEnv, ProbeParams, ProbeResult
 
 if TYPE_CHECKING:
     import torch
+
+#: the learned embedding's file in its cache entry
+EMBEDDING_FILE = "embedding.safetensors"
 
 #: Captions of the textual-inversion recipe (Gal et al., 2023; diffusers' textual_inversion.py):
 #: ``imagenet_templates_small`` and ``imagenet_style_templates_small``, as data.
@@ -127,9 +131,25 @@ class TextualInversion(Probe):
             stds.append(torch.cat(sd))
         return torch.stack(means, 1), torch.stack(stds, 1)
 
+    def embedding_spec(self) -> dict:
+        """The complete key of the learned embedding (against this run's erased model, which the
+        run directory keys): the training params and what the training reads of the run — the
+        placeholder, the concept's items (prompt count, prompt file, seed) and the sampler of the
+        base-model training images."""
+        from ..cache import plain
+
+        train = self.params.model_dump(mode="json", exclude={"judge", "judge_params", "scoring"})
+        return {"kind": "probe_embedding", "name": "textual_inversion", "version": self.version, "train": train,
+                "placeholder": self.placeholder(), "items": [list(it) for it in self.items()],
+                "request": plain(self.request(self.items()[0])) if self.items() else None,
+                "concept": plain(self.ctx.concept)}
+
     def learn(self, env: ProbeEnv):
-        import torch
-        import torch.nn.functional as F
+        """The tokenizer and text encoder with the placeholder's embedding learned against the
+        erased model (trained once, then read from the cache under the run's ``artefacts``)."""
+        from safetensors.torch import load_file, save_file
+
+        from ..cache import Cache
 
         pipe = env.erased
         tok = copy.deepcopy(pipe.tokenizer)
@@ -139,13 +159,26 @@ class TextualInversion(Probe):
         pid = tok.convert_tokens_to_ids(ph)
         te.resize_token_embeddings(len(tok))
         emb = te.get_input_embeddings()
-        spec = self.params.model_dump(mode="json", exclude={"judge", "judge_params", "scoring"})
-        path = safe_join(env.artefacts, f"textual_inversion-{self.ctx.concept.name}-{short_hash(spec)}.safetensors")
-        if path.is_file():
-            from safetensors.torch import load_file
+        cache, spec = Cache(safe_join(env.artefacts, "embeddings")), self.embedding_spec()
+        (vec, losses), hit = cache.get_or_compute(
+            spec, lambda: self.train(env, tok, te, pid, emb),
+            save=lambda value, folder: save_file({"embedding": value[0]}, str(folder / EMBEDDING_FILE)),
+            load=lambda folder: (load_file(str(folder / EMBEDDING_FILE))["embedding"], None))
+        import torch
 
-            emb.weight.data[pid] = load_file(str(path))["embedding"].to(emb.weight)
-            return tok, te, pid, {"embedding": str(path), "cached": True}
+        with torch.no_grad():
+            emb.weight[pid] = vec.to(emb.weight)
+        info = {"embedding": str(cache.path(spec) / EMBEDDING_FILE), "cached": hit}
+        if losses is not None:
+            info["loss_first_last"] = [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]
+        return tok, te, pid, info
+
+    def train(self, env: ProbeEnv, tok, te, pid: int, emb):
+        """The placeholder's embedding (float32, on the CPU) and the loss of each step."""
+        import torch
+        import torch.nn.functional as F
+
+        pipe = env.erased
         p = self.params
         init_ids = tok.encode(p.initializer_token, add_special_tokens=False)
         # float32 master copy of the new row, whatever the text encoder's dtype
@@ -196,14 +229,8 @@ class TextualInversion(Probe):
                     q.requires_grad_(g)
         if not torch.isfinite(vec).all():
             raise RuntimeError("textual_inversion: the learned embedding is not finite")
-        with torch.no_grad():
-            emb.weight[pid] = vec.detach().to(emb.weight)
-        from safetensors.torch import save_file
+        return vec.detach().cpu().contiguous(), losses
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding": vec.detach().cpu().contiguous()}, str(path))
-        return tok, te, pid, {"embedding": str(path), "cached": False,
-                              "loss_first_last": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]}
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         tok, te, _, info = self.learn(env)
@@ -216,8 +243,7 @@ class TextualInversion(Probe):
             return _sampling.run(pipe, batch, make_scheduler(self.ctx.config.sampler.scheduler, cfg),
                                  **self.sample_kwargs())
 
-        # the embedding file is named by a hash of everything its training read
-        setting = {"embedding": Path(info["embedding"]).name}
+        setting = {"embedding": Path(info["embedding"]).parent.name}  # the cache entry: its training's hash
         images = self.cached_sample(env, "ti", setting, items, sample)
         rec, samples = self.scored(env, images, items, self.sample_keys("ti", setting, items),
                                    setting=self.placeholder())

@@ -30,7 +30,6 @@ early stop is made here, so every item runs the full budget.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -199,33 +198,42 @@ class UnlearnDiffAtk(Probe):
         with torch.no_grad():
             return te(ids)[0]
 
+    def attack_spec(self, item, attack: dict) -> dict:
+        """The complete key of one item's attack against this run's erased model (which the run
+        directory keys): the attack's budget, the item and its target (the base model's standard
+        image of the item, by its request key)."""
+        return {"kind": "probe_attack", "name": "unlearn_diff_atk", "version": self.version, "attack": attack,
+                "prompt": item[0], "seed": item[1], "target": self.request(item).key}
+
     def run(self, env: ProbeEnv) -> ProbeResult:
         import torch
 
+        from ..cache import Cache
+        from ..config import safe_join
+
         items = self.items()
-        meta_path = env.artefacts / "unlearn_diff_atk_prompts.json"
-        stored: dict[str, dict] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        spec = self.params.model_dump(mode="json")
+        p = self.params
+        # what the attacked tokens depend on besides the item and its base-model target
+        attack = {"num_tokens": self.tokens_count(), "iterations": p.iterations, "num_timesteps": p.num_timesteps,
+                  "learning_rate": p.learning_rate, "weight_decay": p.weight_decay}
+        cache = Cache(safe_join(env.artefacts, "attacks"))  # against this run's erased model
+        memo: dict = {}
         targets: dict = {}
 
-        def attacked(it) -> dict:
-            key = f"{it[1]}:{it[0]}"
-            if stored.get(key, {}).get("params") != spec:
-                if not targets:
-                    targets.update(zip(items, self.standard_images(env, items, "base"), strict=True))
-                stored[key] = {"params": spec, **self.attack(env, it, targets[it])}
-                from ..store import atomic_write_json
+        def target(it):
+            if not targets:  # every item's, made in one go (the batches of the standard images)
+                targets.update(zip(items, self.standard_images(env, items, "base"), strict=True))
+            return targets[it]
 
-                atomic_write_json(meta_path, stored)
-            return stored[key]
+        def attacked(it) -> dict:
+            if it not in memo:
+                memo[it] = cache.get_or_compute(self.attack_spec(it, attack),
+                                                lambda: self.attack(env, it, target(it)))[0]
+            return memo[it]
 
         ts = self.timesteps(env.erased)
         rounds = list(range(len(ts))) if self.params.sample_every_round else [len(ts) - 1]
         settings = {f"round={r + 1},t={ts[r]}": {"round": r + 1, "t": ts[r]} for r in rounds}
-        p = self.params
-        # what the attacked tokens depend on besides the item (its base-model target is keyed by it)
-        attack = {"num_tokens": self.tokens_count(), "iterations": p.iterations, "num_timesteps": p.num_timesteps,
-                  "learning_rate": p.learning_rate, "weight_decay": p.weight_decay}
         cfg = env.erased.scheduler.config
         kw = self.sample_kwargs()
         images, keys = {}, {}
