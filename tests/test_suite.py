@@ -2,7 +2,8 @@
 resume after an interrupted cell, a failing cell, exit codes, base images shared by the suite, and
 the example suites validated without weights.
 
-The runs use the shipped toy model with a tiny budget (two prompts per metric, two sampling steps)."""
+The runs use the shipped toy model with a tiny budget (one or two prompts per metric, one sampling
+step)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ SMALL = {
     "model": "toy",
     "techniques": [{"name": "uce", "params": {"guide": "shape"}, "grid": {"lamb": [0.5, 1.0]}}],
     "concepts": ["circle", "cross"],
-    "metrics": [{"name": "ua", "params": {"max_prompts": 2}}, {"name": "ira", "params": {"max_prompts": 2}}],
-    "sampler": {"steps": 2, "batch_size": 4},
+    "metrics": [{"name": "ua", "params": {"max_prompts": 1}}, {"name": "ira", "params": {"max_prompts": 2}}],
+    "sampler": {"steps": 1, "batch_size": 4},
 }
 
 
