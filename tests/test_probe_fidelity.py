@@ -346,3 +346,28 @@ def test_textual_inversion_reuses_its_embedding_only_for_the_same_training(tiny,
     assert _ti(ctx, num_prompts=2).learn(env)[3]["cached"] is False
     assert _ti(ctx, num_prompts=2).learn(env)[3]["cached"] is True
     assert _ti(ctx, num_prompts=2, train_steps=2).learn(env)[3]["cached"] is False
+
+
+def test_base_model_probe_images_are_made_in_full_batches(tiny_pipe_dir, tmp_path):
+    """Into the shared base store a probe samples in batches padded to batch_size (as the runner
+    makes base images), so a stored image does not depend on its companions; the erased model's
+    images are sampled as they come."""
+    from evallearn.probes.noise_based import NoiseBased
+
+    probe = NoiseBased(NoiseBased.Params(num_prompts=3), _ctx(tiny_pipe_dir, tmp_path))
+    env = _env(None, None, tmp_path)
+    items = probe.items()
+    seen = []
+
+    def sample(batch):
+        seen.append(list(batch))
+        return np.stack([np.full((4, 4, 3), s % 256, np.uint8) for _, s in batch])
+
+    probe.cached_sample(env, "r", {}, items, sample, env.base_images)
+    assert [len(b) for b in seen] == [8] and seen[0][:3] == items and seen[0][3:] == [items[-1]] * 5
+    stored = env.base_images.get_many(probe.sample_keys("r", {}, items))
+    assert [int(im[0, 0, 0]) for im in stored] == [s % 256 for _, s in items]
+    probe.cached_sample(env, "r", {}, items, sample)  # the erased model's store
+    assert [len(b) for b in seen] == [8, 3]
+    probe.cached_sample(env, "r", {}, items, sample, env.base_images)  # all there: nothing sampled
+    assert len(seen) == 2

@@ -322,29 +322,38 @@ class Probe(Component):
                       sample: Callable[[list[Item]], np.ndarray], store: ImageStore | None = None) -> np.ndarray:
         """Images for ``items`` under ``setting``; ``sample(batch)`` makes missing ones (uint8).
         ``store``: where they live, by :meth:`key` (default ``env.images``, the erased model's;
-        ``env.base_images`` for the base model's)."""
+        ``env.base_images`` for the base model's). Into the shared base store every batch goes
+        padded to ``batch_size`` rows (copies of its last item, dropped), as the runner makes the
+        base model's images: a stored image then depends on its key and the batch size only, not
+        on which other items a run happened to sample with it."""
         store = env.images if store is None else store
+        pad = store is env.base_images
         keys = [self.key(role, setting, it) for it in items]
         todo = [i for i, k in enumerate(keys) if not store.has(k)]
         for start in range(0, len(todo), env.batch_size):
             idx = todo[start:start + env.batch_size]
-            out = sample([items[i] for i in idx])
+            batch = [items[i] for i in idx]
+            filler = [batch[-1]] * (env.batch_size - len(batch)) if pad else []
+            out = sample(batch + filler)[:len(batch)]
             for i, img in zip(idx, out, strict=True):
                 store.put(keys[i], img)
         return store.get_many(keys)
 
     def standard_images(self, env: ProbeEnv, items: Sequence[Item], which: str = "erased") -> np.ndarray:
         """Plain generations with the run's sampler, keyed like the metrics' requests so they are
-        shared with them (the erased model's in the run, the base model's under ``_base``)."""
+        shared with them (the erased model's in the run, the base model's under ``_base``), made
+        as the runner makes them: non-finite images flagged, and the base model's in padded batches
+        (:meth:`Generator.generate`, ``pad``)."""
         store = env.run_images if which == "erased" else env.base_images
         reqs = [self.request(it) for it in items]
         missing = [r for r in reqs if not store.has(r.key)]
         if missing:
             pipe = env.erased if which == "erased" else env.base
             with _sampling.own_scheduler(pipe):
-                Generator(pipe, env.device).generate(missing, have=lambda r: store.has(r.key),
-                                                     put=lambda r, img: store.put(r.key, img),
-                                                     batch_size=env.batch_size)
+                Generator(pipe, env.device).generate(
+                    missing, have=lambda r: store.has(r.key), put=lambda r, img: store.put(r.key, img),
+                    put_nonfinite=lambda r, img, fault: store.put(r.key, img, nonfinite=fault),
+                    batch_size=env.batch_size, pad=which != "erased")
         return store.get_many([r.key for r in reqs])
 
     # -- scoring --------------------------------------------------------------------------

@@ -63,15 +63,10 @@ class DiffusionCompletion(Probe):
 
         from . import _schedulers
 
-        keys = [self.key("completion_base", {}, it) for it in items]
-        todo = [i for i, key in enumerate(keys) if not env.base_images.has(key)]
-        for a in range(0, len(todo), env.batch_size):
-            idx = todo[a:a + env.batch_size]
-            sched = _schedulers.make(DDIMScheduler, env.base)
-            out = _sampling.run(env.base, [items[i] for i in idx], sched, **self.sample_kwargs())
-            for i, img in zip(idx, out, strict=True):
-                env.base_images.put(keys[i], img)
-        return env.base_images.get_many(keys)
+        def sample(batch):
+            return _sampling.run(env.base, batch, _schedulers.make(DDIMScheduler, env.base), **self.sample_kwargs())
+
+        return self.cached_sample(env, "completion_base", {}, items, sample, env.base_images)
 
     def run(self, env: ProbeEnv) -> ProbeResult:
         items = self.items()
