@@ -133,3 +133,13 @@ def test_leaderboard_and_push_dry_run_load_no_torch(board_dir, tmp_path):
                  ("push", board_dir, "--repo", "someone/board", "--dry-run")):
         res = _cli(*args, cwd=tmp_path, block=True)
         assert res.returncode == 0 and _loaded(res) == "", (args, res.stderr)
+
+
+def test_runs_disagreeing_on_the_base_model_are_noted(board_dir):
+    run = next(p for p in board_dir.iterdir() if p.name.startswith("uce-weak"))
+    data = json.loads((run / "results.json").read_text())
+    data["metrics"]["ira"]["before"]["value"] = 0.5
+    (run / "results.json").write_text(json.dumps(data))
+    board = lb.load_board([board_dir])
+    assert any("different base-model values for ira (0.875 vs 0.500" in n for n in board.notes)
+    assert "different base-model values for ira" in lb.to_html(board)

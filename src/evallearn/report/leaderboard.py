@@ -361,6 +361,8 @@ def load_board(paths: list[Path], erasure: str | None = None, retention: str | N
                     e.label += f" #{e.spec[:6]}"
     board = Board(entries, notes, erasure, retention)
     for concept in board.concepts():
+        for model in _models(board, concept):
+            board.base(concept, model)  # notes runs that disagree on the base model's values, before any output
         for key, want in (("erasure", erasure), ("retention", retention)):
             if want is not None and all(c.key != want for c in board.columns(concept)):
                 raise UserError(f"{who}: --{key} {want}: no such metric on concept '{concept}' (it has "
