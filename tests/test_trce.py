@@ -176,19 +176,41 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, mes
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+#: the CI's toy runs use 2000 corpus captions for the prior instead of 30 000 (the prior is a mean
+#: over them; red with the defaults: 1.00 -> 0.00, IRA 0.844 -> 0.797)
+CI_PRIOR = {"stage2": False, "preserve_prompts": 2000}
+
+
 @needs_toy
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="stage 1 alone does not erase the toy cross (docs/techniques/trce.md)")
-def test_stage1_on_the_toy_world(tmp_path):
-    r = erase_on_toy(tmp_path, "trce", {"stage2": False})
+def test_stage1_erases_a_colour_on_the_toy_world(tmp_path):
+    r = erase_on_toy(tmp_path, "trce", CI_PRIOR, concept="red")  # measured: 1.00 -> 0.00, IRA 0.844 -> 0.813
+    assert r["acc_after"] <= 0.25, r
+    assert r["ira_after"] >= 0.85 * r["ira_before"], r
+
+
+@needs_toy
+@opt_in  # a documented non-erasure: not worth its CI minute
+@pytest.mark.xfail(strict=True, reason="the toy UNet reads the shape from the word and padding columns, which "
+                   "stage 1 keeps (docs/techniques/trce.md): cross 1.00 -> 1.00")
+def test_stage1_on_the_toy_cross(tmp_path):
+    r = erase_on_toy(tmp_path, "trce", CI_PRIOR)
     assert r["acc_after"] <= 0.25, r
 
 
 @needs_toy
 @opt_in
-@pytest.mark.parametrize("concept", ["cross", "red"])
-def test_trce_on_the_toy_world(tmp_path, concept):
-    r = erase_on_toy(tmp_path, "trce", {}, concept=concept)
+@pytest.mark.xfail(strict=True, reason="stage 2's hinge is already 0 on the toy model with the anchor 'shape' "
+                   "(docs/techniques/trce.md): cross 1.00 -> 1.00")
+def test_trce_on_the_toy_cross(tmp_path):
+    r = erase_on_toy(tmp_path, "trce", {})
+    assert r["acc_after"] <= 0.25, r
+
+
+@needs_toy
+@opt_in
+def test_trce_on_the_toy_red(tmp_path):
+    r = erase_on_toy(tmp_path, "trce", {}, concept="red")
     assert r["acc_after"] <= 0.25, r
     assert r["ira_after"] >= 0.85 * r["ira_before"], r
 
