@@ -27,11 +27,11 @@ the authors' ``SLDPipeline`` (the I2P categories as a comma-separated list); dif
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..components import Params, Supports, kinds
+from ..concepts.catalogue import SLD_FIELDS as _FIELDS
+from ..concepts.catalogue import sld_presets
 from ..context import RunContext
 from ._guided import Guidance, guided
 from .base import Technique
@@ -46,14 +46,13 @@ DEFAULT_SAFETY_CONCEPT = (
 #: diffusers' ``StableDiffusionPipelineSafe`` default: the same list after "an image showing ".
 DIFFUSERS_SAFETY_CONCEPT = "an image showing " + DEFAULT_SAFETY_CONCEPT
 
-#: (warmup_steps, guidance_scale, threshold, momentum_scale, mom_beta), SLD paper Sec. 5.
-PRESETS: dict[str, tuple[int, float, float, float, float]] = {
-    "weak": (15, 200.0, 0.0, 0.0, 0.0),
-    "medium": (10, 1000.0, 0.01, 0.3, 0.4),
-    "strong": (7, 2000.0, 0.025, 0.5, 0.7),
-    "max": (0, 5000.0, 1.0, 0.5, 0.7),
-}
-_FIELDS = ("warmup_steps", "sld_guidance_scale", "threshold", "momentum_scale", "mom_beta")
+
+def __getattr__(name: str):
+    """``PRESETS``: (warmup_steps, guidance_scale, threshold, momentum_scale, mom_beta) per preset,
+    SLD paper Sec. 5, read from assets/concepts/presets/sld.yaml."""
+    if name == "PRESETS":
+        return sld_presets()
+    raise AttributeError(name)
 
 
 class SLDPipeline(Guidance):
@@ -93,8 +92,9 @@ class SLD(Technique):
     supports = Supports(model_tags=kinds("sd1", "sd2"))
 
     class Params(Params):
-        #: the paper's hyper-parameter set; explicit values below override it
-        preset: Literal["weak", "medium", "strong", "max"] = "medium"
+        #: the paper's hyper-parameter set (weak, medium, strong, max: assets/concepts/presets/sld.yaml);
+        #: explicit values below override it
+        preset: str = "medium"
         #: the safety concept S; default: the authors' SLDPipeline text (I2P's categories), or the run's concept
         #: (with its synonyms) when ``concept_from_run`` is true
         safety_concept: str | None = None
@@ -105,9 +105,16 @@ class SLD(Technique):
         momentum_scale: float | None = Field(None, ge=0.0)
         mom_beta: float | None = Field(None, ge=0.0, le=1.0)
 
+        @field_validator("preset")
+        @classmethod
+        def _known_preset(cls, value: str) -> str:
+            if value not in sld_presets():
+                raise ValueError(f"unknown preset {value!r}; known: {', '.join(sld_presets())}")
+            return value
+
     def settings(self) -> dict:
         p = self.params
-        values = dict(zip(_FIELDS, PRESETS[p.preset], strict=True))
+        values = dict(zip(_FIELDS, sld_presets()[p.preset], strict=True))
         for k in _FIELDS:
             if getattr(p, k) is not None:
                 values[k] = getattr(p, k)

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .._torch import no_grad
 from ..components import Params, Supports, kinds
+from ..concepts.catalogue import uce_presets
 from ..context import RunContext
 from ._closed_form import (
     Normal,
@@ -48,20 +49,13 @@ from .base import Technique
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PRESETS", "UCE", "aligned_concept_embeddings", "aligned_concept_spans", "cross_attention_projections",
+__all__ = ["UCE", "aligned_concept_embeddings", "aligned_concept_spans", "cross_attention_projections",
            "embed", "erase_targets"]
-
-#: Ready concept sets for Stable Diffusion, after the presets the peer ships (nudity, violence,
-#: dog) and the UCE paper's moderation list.
-PRESETS: dict[str, dict] = {
-    "nudity": {"erase": ("nudity", "naked", "nude", "sexual", "nsfw"), "guide": " "},
-    "violence": {"erase": ("violence", "blood", "gore", "murder", "weapons", "shooting"), "guide": " "},
-    "dog": {"erase": ("dog",), "guide": " ", "preserve": ("cat", "horse", "wolf", "car", "person")},
-}
 
 
 class UCEParams(Params):
-    preset: Literal["nudity", "violence", "dog"] | None = None
+    #: a preset of assets/concepts/presets/uce.yaml (shipped: nudity, violence, dog)
+    preset: str | None = None
     #: concepts to erase; default: the run's concept and its synonyms
     erase: tuple[str, ...] | None = None
     #: what erased concepts are mapped to ("" / " " = the unconditional embedding)
@@ -76,6 +70,13 @@ class UCEParams(Params):
     #: None = the script's rule max(0.1, 1 / number of preserved texts incl. the empty prompt)
     preserve_scale: float | None = Field(None, ge=0.0)
     with_to_k: bool = True
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in uce_presets():
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(uce_presets())}")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
@@ -98,17 +99,22 @@ class UCE(Technique):
     supports = Supports(model_tags=kinds("sd1", "sd2"))
     Params = UCEParams
 
+    def inputs(self, ctx: RunContext) -> dict:
+        """The default inputs plus the preset's contents (a data file: editing it misses the cache)."""
+        base = super().inputs(ctx)
+        return {**base, "preset": uce_presets().get(self.params.preset)} if self.params.preset else base
+
     # -- texts ---------------------------------------------------------------------------
     def erase_words(self, ctx: RunContext) -> list[str]:
         """The erased concepts, before templates."""
         p = self.params
-        preset = PRESETS[p.preset] if p.preset else {}
+        preset = uce_presets()[p.preset] if p.preset else {}
         return [e for e in (p.erase or preset.get("erase") or (ctx.concept.name, *ctx.concept.synonyms)) if e.strip()]
 
     def texts(self, ctx: RunContext) -> tuple[list[str], list[str], list[str]]:
         """(erased texts, their guides, preserved texts incl. the empty prompt)."""
         p = self.params
-        preset = PRESETS[p.preset] if p.preset else {}
+        preset = uce_presets()[p.preset] if p.preset else {}
         erase = self.erase_words(ctx)
         preserve = list(p.preserve if p.preserve is not None else preset.get("preserve", ctx.concept.retain))
         guide = p.guide if p.guide.strip() else " "
