@@ -137,11 +137,15 @@ def get_executor(name: str, address: str | None = None) -> Executor:
             raise UserError("--address: only the ray executor takes an address")
         return LocalExecutor()
     if name == "ray":
+        # Loaded by name, like an optional plugin: ray_executor builds on run_cell and SuiteProgress
+        # here, so a static import back to it would make the two modules import each other.
+        import importlib
+
         try:
-            from .ray_executor import RayExecutor
+            module = importlib.import_module(f"{__package__}.ray_executor")
         except ModuleNotFoundError as exc:
             if exc.name in ("ray", f"{__package__}.ray_executor"):
                 raise UserError("--executor ray: ray is not installed here (pip install 'eval-learn[ray]')") from None
             raise
-        return RayExecutor(address)
+        return module.RayExecutor(address)
     raise UserError(f"--executor: unknown '{name}'; choose one of {', '.join(EXECUTORS)}")
