@@ -208,6 +208,10 @@ def test_interrupt_fail_resume_and_shared_base_images(tmp_path, monkeypatch, cap
     assert code == 0, stderr
     assert "1 done, 3 cached (finished earlier), 0 failed" in stdout
     assert set(_status(out).values()) == {"done"}
+    # progress: the suite's lines, and the cell's own (plain lines prefixed by the cell id here)
+    assert f"suite small · cell 4/4: {cells[3].id}" in stderr
+    assert "suite small · cells: 4/4 (100%)" in stderr and f"{cells[3].id} done" in stderr
+    assert f"{cells[3].id} · generate (after)" in stderr
     assert not (cells[3].run_dir / "error.log").exists()
 
     # every image was generated once: each cell's own, and the suite's base images once in all
@@ -229,6 +233,14 @@ def test_interrupt_fail_resume_and_shared_base_images(tmp_path, monkeypatch, cap
     for a, b in ((cells[0], cells[2]), (cells[1], cells[3])):
         for m in ("ua", "ira"):
             assert res[a.id]["metrics"][m]["before"] == res[b.id]["metrics"][m]["before"]
+
+
+def test_run_cell_reports_a_bad_config_in_one_line():
+    from evallearn.suite.executor import run_cell
+
+    outcome = run_cell({"name": "x", "model": "toy", "concept": {"name": "cross"}, "sampler": {"stepz": 1}})
+    assert outcome.status == "failed" and outcome.run_dir is None
+    assert outcome.error == "cell 'x': unknown key 'sampler.stepz'"
 
 
 # -- the example suites --------------------------------------------------------------------------

@@ -181,6 +181,10 @@ def bench(
     out.print(t)
     out.print(f"{counts[DONE]} done, {counts[CACHED]} cached (finished earlier), {counts[FAILED]} failed · "
               f"{record}", soft_wrap=True)
+    from .. import registry
+
+    if "leaderboard" in registry.commands:  # the table and plots of the suite (a command of its own)
+        out.print(f"leaderboard: eval-learn leaderboard {folder}", soft_wrap=True)
     for o in outcomes:
         if o.status == FAILED:
             err.print(f"failed: {o.cell_id}: {o.error}", markup=False, highlight=False, soft_wrap=True)
