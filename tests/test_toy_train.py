@@ -212,3 +212,23 @@ def test_builders_rebuild_the_shipped_architecture(name):
 def test_shipped_classifier_has_the_built_architecture():
     got = {k: tuple(v.shape) for k, v in ToyClassifier().state_dict().items()}
     assert got == _shapes_of(toy_classifier_dir())
+
+
+def test_train_all_writes_loadable_artefacts_and_reuses_finished_stages(tmp_path):
+    """The whole recipe (what ``eval-learn toy train`` runs) at budgets of two steps a stage."""
+    from diffusers import StableDiffusionPipeline
+
+    from evallearn_toy.training import train_all
+
+    b = Budgets(n_train=200, n_tinted=100, classifier_steps=2, vae_steps=2, clip_steps=2, clip_more_steps=2,
+                unet_steps=2, unet_batch=4, unet_channels=(8, 16, 16), checkpoint_every=2)
+    lines: list[str] = []
+    train_all(tmp_path, b, seed=0, threads=1, log=lines.append)
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    assert pipe.unet.config.block_out_channels == [8, 16, 16]
+    assert ToyClassifier.load(tmp_path / "classifier") is not None and (tmp_path / "clip" / "config.json").is_file()
+    assert json.loads((tmp_path / "budgets.json").read_text())["unet_steps"] == 2
+    assert any("quick eval" in line for line in lines)
+    # a rerun naming no stage loads every finished artefact instead of retraining it
+    train_all(tmp_path, b, seed=0, stages=(), threads=1, log=lines.append)
+    assert set(json.loads((tmp_path / "timings.json").read_text())) == {"render", "total"}
