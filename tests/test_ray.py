@@ -105,3 +105,22 @@ def test_a_run_in_two_shards_on_ray_equals_the_run_in_one(cluster, tmp_path, mon
     assert _pngs(a / "images") == _pngs(b / "images")
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert ra["metrics"] == rb["metrics"]
+
+
+def test_cells_the_cluster_cannot_place_are_refused_before_any_runs(cluster, tmp_path):
+    from evallearn.config import parse_config
+    from evallearn.errors import UserError
+    from evallearn.suite.cells import Cell
+    from evallearn.suite.ray_executor import RayExecutor
+
+    def cell(device):
+        cfg = parse_config({"concept": {"name": "cross"}, "device": device, "output_dir": str(tmp_path)})
+        return Cell(f"on-{device}", cfg, "0" * 12)
+
+    with pytest.raises(UserError, match=r"cell 'on-cuda' asks Ray for 1 GPUs; the cluster has 0"):
+        RayExecutor().run([cell("cpu"), cell("cuda")])
+    with pytest.raises(UserError, match=r"device 'cuda:1': on Ray each task is given its own GPU"):
+        RayExecutor().run([cell("cuda:1")])
+    with pytest.raises(UserError, match=r"asks Ray for 3 CPUs; the cluster has 2"):
+        RayExecutor(num_cpus=3).run([cell("cpu")])
+    assert not list(tmp_path.iterdir())  # nothing ran

@@ -105,7 +105,7 @@ class KeyLocks:
     @classmethod
     def at(cls, path: Path | str) -> KeyLocks:
         """The process's one :class:`KeyLocks` on ``path``."""
-        key = (os.getpid(), os.path.abspath(path))
+        key = (os.getpid(), os.path.realpath(path))  # one object per file, whatever path names it
         with cls._guard:
             if key not in cls._open:
                 cls._open[key] = cls(Path(path))

@@ -78,6 +78,15 @@ def cell_resources(cell: Cell, num_cpus: float, num_gpus: float) -> dict[str, fl
     return resources(cell.config, f"cell '{cell.id}'", num_cpus, num_gpus)
 
 
+def check_feasible(need: dict[str, float], label: str) -> None:
+    """A one-line :class:`UserError` when the cluster has fewer GPUs or CPUs in all than one task
+    of ``label`` asks for (Ray would keep such a task pending for ever)."""
+    have = ray.cluster_resources()
+    for kind, key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+        if need.get(kind, 0) > have.get(key, 0):
+            raise UserError(f"{label} asks Ray for {need[kind]:g} {key}s; the cluster has {have.get(key, 0):g}")
+
+
 def _threads(need: dict[str, float]) -> int:
     """Torch threads of a task: its CPUs for a CPU task (0: leave torch's default)."""
     return 0 if "num_gpus" in need else max(1, int(need["num_cpus"]))
@@ -131,9 +140,9 @@ class RayExecutor:
             return
         try:
             ray.init(address=self.address, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = " ".join(str(exc).split("\n")[:1]).strip()
-            raise UserError(f"--address '{self.address}': cannot join the Ray cluster: {first}") from None
+        except Exception as exc:  # refused, another version, authentication: Ray's own message, one line
+            raise UserError(f"--address '{self.address}': cannot join the Ray cluster: "
+                            f"{type(exc).__name__}: {_first_line(exc)}") from None
 
     def shutdown(self) -> None:
         if ray.is_initialized() and self._owns:
@@ -142,11 +151,13 @@ class RayExecutor:
 
     def run(self, cells: Sequence[Cell], progress: SuiteProgress | None = None) -> list[CellOutcome]:
         """Submit every cell, report each as it finishes; outcomes in the order of ``cells``."""
-        needs = [cell_resources(c, self.num_cpus, self.num_gpus) for c in cells]  # refused before any runs
         task = ray.remote(_cell_task)
         cwd = os.getcwd()
         refs = {}
         try:
+            needs = [cell_resources(c, self.num_cpus, self.num_gpus) for c in cells]  # refused before any runs
+            for cell, need in zip(cells, needs, strict=True):
+                check_feasible(need, f"cell '{cell.id}'")
             for cell, need in zip(cells, needs, strict=True):
                 ref = task.options(**need, max_retries=1, name=f"cell {cell.id}").remote(
                     cell.config_json(), cwd, _threads(need))
@@ -189,6 +200,7 @@ class RayExecutor:
             self.shutdown()
             return [], CellOutcome(config.name, CACHED, str(run_dir), None)
         need = resources(config, f"run '{config.name}'", self.num_cpus, self.num_gpus)
+        check_feasible(need, f"run '{config.name}'")
         cwd, data = os.getcwd(), config.model_dump(mode="json")
         shard = ray.remote(_shard_task)
         refs = [shard.options(**need, max_retries=1, name=f"{config.name} shard {i}/{count}").remote(
