@@ -11,6 +11,7 @@ import torch
 
 from evallearn.models.sampling import seed_generators
 
+from .. import DEFAULT_GUIDANCE
 from ..classifier import ToyClassifier
 from ..concepts import full_caption
 from ..render import COLOURS, HEADS, SHAPES, STYLES
@@ -45,8 +46,10 @@ def eval_prompts(n_per_shape: int, first_seed: int = 1000) -> list[tuple[str, st
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 6.0, batch: int = 32):
-    """Images as float ``[N, H, W, 3]`` in [0, 1] (one seeded generator per image)."""
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = DEFAULT_GUIDANCE,
+             batch: int = 32):
+    """Images as float ``[N, H, W, 3]`` in [0, 1] (one seeded generator per image); the default
+    guidance is the toy model's own (4), as in ``toy evaluate`` and the ground-truth bar."""
     outs = []
     for i in range(0, len(prompts), batch):
         res = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance,
@@ -57,7 +60,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidan
 
 @torch.no_grad()
 def evaluate_pipeline(
-    pipe, classifier: ToyClassifier, n_per_shape: int = 32, steps: int = 20, guidance: float = 6.0,
+    pipe, classifier: ToyClassifier, n_per_shape: int = 32, steps: int = 20, guidance: float = DEFAULT_GUIDANCE,
     first_seed: int = 1000,
 ):  # fmt: skip
     """Judge generations of fully specified prompts; returns accuracies and the shape confusion matrix."""
