@@ -266,3 +266,14 @@ def test_torchvision_resnet_weights_load_as_the_papers_classifier(tmp_path):
         judge.class_index("airliner")
     with pytest.raises(UserError, match="does not exist"):
         ImageNetJudge(ImageNetJudge.Params(model=str(tmp_path / "missing.pth"))).probs(images)
+
+
+def test_probe_judges_are_checked_at_prepare_like_the_metrics(tiny_pipe_dir, tmp_path):
+    concept = {"name": "cat", "retain": ["dog"]}
+    with pytest.raises(UserError, match="probes 'standard_prompt' judge 'classifier'"):
+        _ctx(tiny_pipe_dir, tmp_path, concept,
+             [{"name": "standard_prompt", "params": {"judge": "clip", "judge_params": {"no_such": 1}}}])
+    with pytest.raises(UserError, match="forced choice.*'q16' cannot"):  # a detector cannot choose a class
+        _ctx(tiny_pipe_dir, tmp_path, concept, [{"name": "standard_prompt", "params": {"judge": "q16"}}])
+    with pytest.raises(UserError, match="judge 'toy_classifier'"):  # the toy world's judge, on another model
+        _ctx(tiny_pipe_dir, tmp_path, concept, [{"name": "standard_prompt", "params": {"judge": "toy_classifier"}}])

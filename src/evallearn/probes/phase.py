@@ -31,10 +31,24 @@ def probe_refs(config) -> list[tuple[str, str, dict]]:
 
 
 def check_probes(config, ctx) -> None:
-    """Refuse, before any weight loads, probes whose scoring could not say "not the concept"."""
+    """Refuse, before any weight loads, probes whose scoring could not say "not the concept", and
+    check their judges as ``prepare()`` checks the metrics' (params, supported concept kind and
+    model, and the ``classify`` capability a forced choice needs)."""
+    from ..errors import UserError
+
     for i, ref in enumerate(config.probes):
         cls = registry.probes.get(ref.name)
-        cls(cls.parse_params(dict(ref.params), f"probes[{i}].params"), ctx).check()
+        probe = cls(cls.parse_params(dict(ref.params), f"probes[{i}].params"), ctx)
+        probe.check()
+        for role, jref in probe.judge_refs().items():
+            jcls = registry.judges.get(jref.name)
+            jcls.parse_params(jref.params, f"probes '{ref.key}' judge '{role}'")
+            why = jcls.supports.why_not(ctx.concept.kind, ctx.model.tags)
+            if why:
+                raise UserError(f"incompatible run: probe '{ref.key}' uses judge '{jref.name}': {why}")
+            if role == "classifier" and probe.scoring_rule() == "choice" and "classify" not in jcls.capabilities():
+                raise UserError(f"incompatible run: probe '{ref.key}' scores by forced choice, which needs its "
+                                f"classifier judge to classify; judge '{jref.name}' cannot")
 
 
 def probe_spec(probe, judges) -> dict[str, Any]:
