@@ -19,7 +19,8 @@ from ..config import RunConfig
 #: the config's default ``model:``
 DEFAULT_MODEL = RunConfig.model_fields["model"].default
 
-app = typer.Typer(help="Sparse autoencoders on model activations (Concept Steerers, SAeUron).", no_args_is_help=True)
+app = typer.Typer(help="Sparse autoencoders on model activations (Concept Steerers, SAeUron, ItD).",
+                  no_args_is_help=True)
 
 
 @app.callback()

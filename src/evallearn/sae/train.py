@@ -23,22 +23,23 @@ if TYPE_CHECKING:
 def train_sae(acts: torch.Tensor, expansion: int = 4, k: int = 32, steps: int = 2000, batch_size: int = 4096,
               lr: float = 4e-4, auxk: int | None = 32, auxk_coef: float = 1 / 32, dead_after: int = 1_000_000,
               seed: int = 0, hookpoint: str = "", meta: dict | None = None,
-              log: Callable[[int, float], None] | None = None) -> TopKSAE:
-    """Train on ``acts`` [N, d] (rows are sampled with replacement, seeded)."""
+              log: Callable[[int, float], None] | None = None, n_latents: int | None = None) -> TopKSAE:
+    """Train on ``acts`` [N, d] (rows are sampled with replacement, seeded). ``n_latents``, when
+    given, sets the dictionary size instead of ``expansion`` · d."""
     import torch
 
     with torch.enable_grad():
-        return _train(acts.float(), expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_after, seed, hookpoint,
-                      meta, log)
+        return _train(acts.float(), n_latents or expansion * acts.shape[-1], k, steps, batch_size, lr, auxk,
+                      auxk_coef, dead_after, seed, hookpoint, meta, log)
 
 
-def _train(acts, expansion, k, steps, batch_size, lr, auxk, auxk_coef, dead_after, seed, hookpoint, meta, log):
+def _train(acts, n_latents, k, steps, batch_size, lr, auxk, auxk_coef, dead_after, seed, hookpoint, meta, log):
     import torch
 
     n, d = acts.shape
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    cfg = SAEConfig(d_in=d, n_latents=expansion * d, k=min(k, expansion * d), hookpoint=hookpoint, meta=meta)
+    cfg = SAEConfig(d_in=d, n_latents=n_latents, k=min(k, n_latents), hookpoint=hookpoint, meta=meta)
     sae = TopKSAE(cfg).to(acts.device)
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(0))
