@@ -149,3 +149,17 @@ def test_tests_and_corrections_by_hand():
     assert math.isclose(greater_p([1.0] * 5 + [0.0] * 5, [0.0] * 20), math.comb(10, 5) / math.comb(30, 5))
     assert min_p(11, 11) == 0.5**11 and min_p(2, 3) == 1 / 10
     assert prompts_needed(59) == 11 and 0.5**11 <= 0.05 / 59 < 0.5**10
+
+
+def test_report_prints_a_verdict_row_without_an_interval():
+    """A tested row whose interval was not recorded prints a dash there instead of failing."""
+    from evallearn.probes.report import probe_html
+    from evallearn.results import Probes
+
+    probes = Probes.model_validate({
+        "results": {"noise": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 8, "higher_is_better": True,
+                              "kind": "noise_based", "chance": 0.25, "probe": "noise_based"}},
+        "verdict": {"label": "recovers", "summary": "s",
+                    "probes": {"noise": {"vs_standard": 0.25, "tested": "eta=1"}}}})
+    html = probe_html(probes)
+    assert "eta=1: +0.250 [–, –]" in html

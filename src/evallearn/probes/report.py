@@ -15,6 +15,10 @@ def _f(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _signed(x) -> str:
+    return "–" if x is None else f"{x:+.3f}"
+
+
 def probes_of(results: RunResults | Probes | dict[str, Any] | None) -> Probes | None:
     """The probes section of ``results``: a :class:`RunResults`, its :class:`Probes`, or a mapping
     with a ``probes`` section (validated into :class:`Probes`); None when no probe ran."""
@@ -67,7 +71,7 @@ def probe_html(results: RunResults | Probes | dict[str, Any] | None) -> str:
         per = "; ".join(f"{esc(k)}: {s['value']:.3f}" for k, s in settings.items())
         vs = v.probes.get(key)
         vs_txt = "" if vs is None or vs.vs_standard is None else (
-            f"{esc(str(vs.tested or ''))}: {vs.vs_standard:+.3f} [{vs.ci_low:+.3f}, {vs.ci_high:+.3f}]"
+            f"{esc(str(vs.tested or ''))}: {vs.vs_standard:+.3f} [{_signed(vs.ci_low)}, {_signed(vs.ci_high)}]"
             + (f", Holm p = {vs.p_holm:.2g}" if vs.p_holm is not None else ""))
         rows.append(f"<tr><td>{esc(key)} ({esc(r.kind)})</td><td>{esc(floor_text(r))}</td>"
                     f"<td>{_f(base and base['value'])}</td>"
