@@ -54,7 +54,7 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - t) / max(repeats, 1)
 
 
-def run(method: str, repeats: int) -> dict:
+def run(method: str, repeats: int, resolution: int = 512) -> dict:
     from evallearn.techniques import training as T
     from evallearn.techniques.ant import ANT, ant_terms, combine
 
@@ -62,7 +62,7 @@ def run(method: str, repeats: int) -> dict:
     unet = pipe.unet
     pipe.vae.to("meta")
     pipe.text_encoder.requires_grad_(False)
-    xp, xm = torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64)
+    xp, xm = (torch.randn(1, 4, resolution // 8, resolution // 8) for _ in range(2))
     cond, null = T.encode(pipe, ["a photo of a cat"]), T.encode(pipe, [""])
     out: dict = {"method": method}
     with torch.no_grad():
@@ -98,12 +98,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--method", default="xattn", choices=["xattn", "noxattn", "full", "selfattn", "notime"])
+    ap.add_argument("--resolution", type=int, default=512, help="image size (latents are size / 8)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-              "torch": torch.__version__, "resolution": 512, "dtype": "float32",
-              "results": run(args.method, args.repeats)}
+              "torch": torch.__version__, "resolution": args.resolution, "dtype": "float32",
+              "results": run(args.method, args.repeats, args.resolution)}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -51,7 +51,7 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - t) / max(repeats, 1)
 
 
-def run(repeats: int) -> dict:
+def run(repeats: int, resolution: int = 512) -> dict:
     from diffusers.optimization import get_scheduler
 
     from evallearn.models.text import token_ids
@@ -61,7 +61,7 @@ def run(repeats: int) -> dict:
     pipe = build_sd15()
     unet = pipe.unet
     pipe.vae.to("meta")  # never used by a training step
-    x = torch.randn(1, 4, 64, 64)
+    x = torch.randn(1, 4, resolution // 8, resolution // 8)
     cond, null = T.encode(pipe, ["a photo of a cat"]), T.encode(pipe, [""])
     out: dict = {}
     with torch.no_grad():
@@ -109,11 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--resolution", type=int, default=512, help="image size (latents are size / 8)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-              "torch": torch.__version__, "resolution": 512, "dtype": "float32", "results": run(args.repeats)}
+              "torch": torch.__version__, "resolution": args.resolution, "dtype": "float32",
+              "results": run(args.repeats, args.resolution)}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -243,7 +243,7 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, key
 
 
 #: the toy budget (docs/techniques/spm.md)
-TOY_PARAMS = {"iterations": 300, "lr_warmup_steps": 50, "max_denoising_steps": 20}
+TOY_PARAMS = {"iterations": 300, "lr": 1e-3, "lr_warmup_steps": 50, "max_denoising_steps": 20}
 
 
 @needs_toy
