@@ -25,10 +25,13 @@ def metric(value, lo, hi, n, before=None, higher=True, judge="toy_classifier", s
 
 
 def probes(std, noise, label, recovered_by=()):
-    def one(name, v):
+    def result(name, v):
         return {"value": v, "ci_low": max(v - 0.25, 0.0), "ci_high": min(v + 0.25, 1.0), "n": 8,
                 "higher_is_better": False, "kind": "recovery", "chance": 0.25, "probe": name,
-                "scoring": {"rule": "choice", "chance": 0.25}, "details": {"base": {"value": 0.875}}}
+                "scoring": {"rule": "choice", "chance": 0.25}, "details": {}}
+
+    def one(name, v):
+        return {"after": result(name, v), "before": result(name, 0.875), "delta": v - 0.875}
 
     return {"results": {"standard_prompt": one("standard_prompt", std), "noise_based": one("noise_based", noise)},
             "verdict": {"label": label, "summary": "s", "probes": {

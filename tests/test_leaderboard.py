@@ -62,6 +62,8 @@ def test_csv_has_one_row_per_run_metric_and_probe(board_dir):
     noise = next(r for r in rows if r["metric"] == "noise_based")
     assert (noise["aspect"], noise["chance"], noise["recovers"], noise["verdict"]) == \
         ("probe recovery", "0.25", "True", "guidance-based avoidance")
+    # a probe's row carries its base-model result and delta as a metric's does
+    assert (float(noise["before"]), noise["before_n"], float(noise["delta"])) == (0.875, "8", 0.5 - 0.875)
     assert json.loads(ua["params"]) == {"guide": "shape", "lamb": 0.05}
 
 

@@ -157,8 +157,9 @@ def test_report_prints_a_verdict_row_without_an_interval():
     from evallearn.results import Probes
 
     probes = Probes.model_validate({
-        "results": {"noise": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 8, "higher_is_better": True,
-                              "kind": "noise_based", "chance": 0.25, "probe": "noise_based"}},
+        "results": {"noise": {"after": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 8,
+                                        "higher_is_better": True, "kind": "noise_based", "chance": 0.25,
+                                        "probe": "noise_based"}}},
         "verdict": {"label": "recovers", "summary": "s",
                     "probes": {"noise": {"vs_standard": 0.25, "tested": "eta=1"}}}})
     html = probe_html(probes)

@@ -184,7 +184,8 @@ def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, ti
                                                           "interrupt_steps": [1]}}]
     cfg = _cfg(tiny_pipe_dir, tiny_clip_dir, tmp_path, probes)
     first = run(cfg)
-    nb = first["probes"]["results"]["noise_based"]
+    assert first["probes"]["results"]["noise_based"]["before"] is None  # a sweep runs no base model
+    nb = first["probes"]["results"]["noise_based"]["after"]
     assert set(nb["details"]["settings"]) == {"eta=1,scale=1", "eta=1.7,scale=1"}
     assert nb["n"] == 2 and len(nb["details"]["chosen"]) == 2 and set(nb["judges"]) == {"classifier", "selector"}
     assert nb["judges"]["classifier"] != nb["judges"]["selector"]
@@ -206,10 +207,12 @@ def test_probe_run_resumes_from_its_cache_and_reports_settings(tiny_pipe_dir, ti
     assert all((Path(first["run"]["dir"]) / "images" / f"{r['key']}.png").is_file() for r in recs)
     picked = [r["value"] for r in recs if r["chosen"]]
     assert len(picked) == 2 and sum(picked) / 2 == nb["value"]
-    # before/after in one shape: the standard prompt's base-model result is a probe result too
-    std = first["probes"]["results"]["standard_prompt"]
-    base = std["details"]["base"]
-    assert set(base) == set(std) - {"probe"} and len(base["samples"]) == 2
+    # before/after as a metric has them: the standard prompt's base-model result is a probe result too
+    entry = first["probes"]["results"]["standard_prompt"]
+    std, base = entry["after"], entry["before"]
+    assert set(base) == set(std) and "base" not in std["details"] and len(base["samples"]) == 2
+    assert (base["probe"], base["kind"], base["scoring"]) == (std["probe"], std["kind"], std["scoring"])
+    assert entry["delta"] == std["value"] - base["value"]
     assert [r["key"] for r in base["samples"]] == [r["key"] for r in std["samples"]]  # the same requests
     second = run(cfg)
     assert second["probes"]["results"] == first["probes"]["results"]

@@ -32,11 +32,11 @@ def test_uce_erased_circle_probed(tmp_path):
                    {"name": "interference", "params": {"num_prompts": 12, "num_neighbour_prompts": 8}}],
         "sampler": {"scheduler": "ddim", "steps": 20, "guidance_scale": 6.0, "batch_size": 32}})
     res = run(cfg)
-    pr = res["probes"]["results"]
-    std = pr["standard_prompt"]
+    pr = {k: e["after"] for k, e in res["probes"]["results"].items()}
+    std, base = pr["standard_prompt"], res["probes"]["results"]["standard_prompt"]["before"]
     # the erasure holds under the standard prompt: far below the base model's rate
-    assert std["details"]["base"]["value"] >= 0.8
-    assert std["value"] < std["details"]["base"]["value"] - 0.3
+    assert base["value"] >= 0.8
+    assert std["value"] < base["value"] - 0.3
     for key in ("noise_based", "classifier_guidance"):
         r = pr[key]
         assert r["n"] == 12 and r["ci_low"] <= r["value"] <= r["ci_high"]

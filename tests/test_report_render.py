@@ -79,7 +79,7 @@ def test_probe_grid_is_prompt_by_setting(tmp_path):
     from evallearn.store import ImageStore
 
     p = probes(0.25, 0.5, "guidance-based avoidance", ["noise_based"])
-    p["results"]["noise_based"]["details"].update({
+    p["results"]["noise_based"]["after"]["details"].update({
         "prompts": [["a cross", 0], ["a red cross", 1]], "per_item": [1.0, 0.0], "chosen": ["eta=1", "eta=2"],
         "settings": {"eta=1": {"value": 0.5, "per_item": [1.0, 0.0]}, "eta=2": {"value": 0.0, "per_item": [0.0, 0.0]}}})
     name, tech, params, concept, ua, ira, _ = BOARD[0]

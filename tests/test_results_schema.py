@@ -50,16 +50,22 @@ def unversioned_results():
     }
 
 
+def _probe(value, lo, hi, per_item, probe="noise_based"):
+    return {"value": value, "ci_low": lo, "ci_high": hi, "n": len(per_item), "higher_is_better": False,
+            "details": {"per_item": per_item}, "judges": {"classifier": {"name": "toy_classifier"}},
+            "nonfinite": 0, "kind": "recovery", "chance": 0.1, "scoring": {"rule": "choice"}, "probe": probe}
+
+
 def current_results():
-    """A schema-1 document with every section filled, a probe verdict with NaN in it."""
+    """A schema-2 document with every section filled: a probe with its base model's result
+    (``before``, ``delta``) as a metric has it, a verdict with NaN in it."""
     data = unversioned_results()
     data["schema_version"] = SCHEMA_VERSION
     for entry in data["metrics"].values():
         entry["after"]["nonfinite"] = 1
         entry["before"]["nonfinite"] = 0
-    probe = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 20, "higher_is_better": False,
-             "details": {"per_item": [1.0, 0.0]}, "judges": {}, "nonfinite": 0, "kind": "recovery",
-             "chance": 0.1, "scoring": {"rule": "choice"}, "probe": "noise_based"}
+    probe = {"after": _probe(0.5, 0.25, 0.75, [1.0, 0.0]), "before": _probe(0.875, 0.75, 1.0, [1.0, 1.0]),
+             "delta": -0.375}
     data["probes"] = {"results": {"noise_based": probe},
                       "verdict": {"label": "inconclusive", "summary": "too few", "standard": 0.1, "base": None,
                                   "chance": 0.1, "test": "sign test", "alpha": 0.05,
@@ -93,7 +99,7 @@ def test_round_trip_keeps_every_value_and_nan(tmp_path):
     res = parse_results(data, "x")
     path = res.save(tmp_path / "results.json")
     text = path.read_text()
-    assert json.loads(text)["schema_version"] == SCHEMA_VERSION == 1
+    assert json.loads(text)["schema_version"] == SCHEMA_VERSION == 2
     assert "NaN" in text  # a NaN stays NaN (null would read as "no value")
     again = load_results(path)
     assert again.model_dump_json() == res.model_dump_json()
@@ -103,6 +109,7 @@ def test_round_trip_keeps_every_value_and_nan(tmp_path):
     assert on_disk["metrics"] == data["metrics"]
     assert on_disk["nonfinite"] == data["nonfinite"]
     assert on_disk["timings"] == data["timings"]  # phases the run did not have stay absent, not null
+    assert on_disk["probes"]["results"] == data["probes"]["results"]  # {after, before, delta}, as a metric
     assert math.isnan(again.probes.verdict.probes["noise_based"].vs_standard)
     assert again.metrics["clip_target"].after.higher_is_better is False
     assert again.nonfinite["after"][0].latents_nonfinite_from_step == 5
@@ -134,6 +141,70 @@ def test_unversioned_results_are_migrated_with_the_same_numbers(tmp_path):
     assert any("migrated" in w for w in res.warnings) and res.migrated
     assert not parse_results(current_results(), "new").migrated
     assert old.get("schema_version") is None  # the input is not changed
+
+
+def v1_results():
+    """A schema-1 document as the writer before probe entries wrote it: each probe's result flat,
+    the base model's result inside it as ``details.base`` (here without the fields it shares with
+    the probe's own result, as a hand-made or summary base has it), one probe without a base."""
+    data = current_results()
+    data["schema_version"] = 1
+    base = {k: v for k, v in _probe(0.875, 0.75, 1.0, [1.0, 1.0]).items()
+            if k not in ("higher_is_better", "kind", "chance", "scoring", "probe")}
+    std = _probe(0.125, 0.0, 0.375, [0.0, 0.0], "standard_prompt")
+    std["details"]["base"] = base
+    data["probes"]["results"] = {"standard_prompt": std, "noise_based": _probe(0.5, 0.25, 0.75, [1.0, 0.0])}
+    return data
+
+
+def test_a_schema_1_file_is_migrated_base_into_before_with_the_same_numbers(tmp_path):
+    from evallearn.probes.report import probe_rows
+    from evallearn.probes.verdict import verdict
+
+    old = v1_results()
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old))
+    before_read = path.read_bytes()
+    res = load_results(path)
+    assert path.read_bytes() == before_read  # never rewritten on read
+    assert res.schema_version == SCHEMA_VERSION and res.migrated and res.migrated_from == 1
+    assert any("schema 1" in w and "details.base" in w for w in res.warnings)
+    std = res.probes.results["standard_prompt"]
+    flat = old["probes"]["results"]["standard_prompt"]
+    # after: the flat result less details.base, number for number
+    assert std.after.model_dump(exclude={"details"}) == {k: v for k, v in flat.items() if k != "details"}
+    assert std.after.details == {"per_item": [0.0, 0.0]}
+    b = std.before
+    assert (b.value, b.ci_low, b.ci_high, b.n, b.details, b.judges) == \
+        (0.875, 0.75, 1.0, 2, {"per_item": [1.0, 1.0]}, {"classifier": {"name": "toy_classifier"}})
+    # what the base result lacked is the probe's own: same direction, rule, floor and name
+    assert (b.higher_is_better, b.kind, b.chance, b.scoring, b.probe) == \
+        (False, "recovery", 0.1, {"rule": "choice"}, "standard_prompt")
+    assert std.delta == 0.125 - 0.875 == -0.75
+    noise = res.probes.results["noise_based"]
+    assert noise.before is None and noise.delta is None and noise.after.value == 0.5
+    assert old["schema_version"] == 1 and "base" in flat["details"]  # the input is not changed
+    # the readers see the same numbers the flat file had
+    rows = {r[0].split()[1]: r[1:] for r in probe_rows(res)}
+    assert rows["standard_prompt"] == ("0.875", "0.125", "[0.000, 0.375]", "-0.750", "2")
+    assert rows["noise_based"][0] == "–" and rows["noise_based"][3] == "–"
+    # the verdict reads either form alike
+    entries = res["probes"]["results"]
+    assert verdict(entries) == verdict(old["probes"]["results"])
+    assert verdict(entries)["base"] == 0.875
+    # written back it is schema 2 and reads without migration
+    again = load_results(res.save(tmp_path / "new" / "results.json"))
+    assert not again.migrated and again.probes.results["standard_prompt"].before.value == 0.875
+
+
+def test_an_unversioned_file_with_probes_is_migrated_to_probe_entries():
+    old = unversioned_results()
+    old["probes"] = {k: v for k, v in v1_results()["probes"].items()}
+    res = parse_results(old, "old")
+    assert res.migrated and res.migrated_from is None and res.schema_version == SCHEMA_VERSION
+    std = res.probes.results["standard_prompt"]
+    assert (std.before.value, std.delta, "base" in std.after.details) == (0.875, -0.75, False)
+    assert any("unversioned" in w for w in res.warnings) and any("schema 1" in w for w in res.warnings)
 
 
 def test_compare_reads_an_unversioned_file_and_refuses_an_unknown_old_shape(tmp_path):
@@ -199,7 +270,7 @@ def test_console_table_html_and_compare_read_typed_results(tmp_path):
     assert unscored(res) == []
     assert "'a cross' seed 3 (latents from step 5 of 20, 12/3072 pixel values) [k1]" in "\n".join(
         nonfinite_lines(res))
-    assert probe_rows(res)[0][2:5] == ("0.500", "[0.250, 0.750]", "–")
+    assert probe_rows(res)[0][1:6] == ("0.875", "0.500", "[0.250, 0.750]", "-0.375", "2")
     assert "Verdict: inconclusive" in probe_html(res)
     page = write_report(tmp_path, res, ImageStore(tmp_path / "images"), []).read_text()
     assert "0.875 [0.75, 1]" in page and "Verdict: inconclusive" in page and "&quot;batch_sizes&quot;" in page
@@ -211,7 +282,8 @@ def test_console_table_html_and_compare_read_typed_results(tmp_path):
     assert "↓ lower is better" in out and "0.250 [0.125, 0.375]" in out and "-0.250" in out
 
 
-def test_a_run_writes_schema_1_and_refuses_to_resume_a_newer_folder(tmp_path, tiny_pipe_dir, tiny_clip_dir, capsys):
+def test_a_run_writes_the_current_schema_and_refuses_to_resume_a_newer_folder(tmp_path, tiny_pipe_dir, tiny_clip_dir,
+                                                                              capsys):
     from evallearn.config import load_config
     from evallearn.runner import prepare, run
 

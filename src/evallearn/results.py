@@ -4,12 +4,16 @@
 ``model_dump_json``; the console table, the HTML report, ``eval-learn compare`` and the probe
 rows read it through :func:`load_results`, never by raw keys.
 
-Versions. ``schema_version`` is :data:`SCHEMA_VERSION`. A file without it was written by an
-eval-learn from before the schema was versioned: when it has that writer's shape it is migrated
-in memory (:func:`migrate_unversioned`, the file is not rewritten); anything else is refused with
-one line saying to rerun the run. A file with a newer ``schema_version`` than this code knows is
-refused with one line saying to upgrade. Nothing is guessed: a field an older writer did not
-record reads as None ("not recorded"), never as a made-up value.
+Versions. ``schema_version`` is :data:`SCHEMA_VERSION`. Older files are migrated in memory
+(the file is never rewritten on read) and say so in ``warnings``: a file without
+``schema_version`` was written by an eval-learn from before the schema was versioned; when it has
+that writer's shape it is read as schema 1 (:func:`migrate_unversioned`), anything else is
+refused with one line saying to rerun the run. Schema 1 kept a probe's result flat, the base
+model's result inside it as ``details.base``; schema 2 gives a probe the entry a metric has
+(``after``, ``before``, ``delta``: :func:`probe_entry`, :func:`migrate_v1`). A file with a newer
+``schema_version`` than this code knows is refused with one line saying to upgrade. Nothing is
+guessed: a field an older writer did not record reads as None ("not recorded"), never as a
+made-up value.
 
 A field that may be None in a file this version writes means "no value" for a metric (every
 image was non-finite) and "not recorded" elsewhere.
@@ -28,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .errors import UserError
 
 #: the results.json schema this code writes and reads
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: the JSON keys every results.json without ``schema_version`` had (the writer's shape before the
 #: schema was versioned); a file without them is not one we can migrate
@@ -133,8 +137,20 @@ class Verdict(_Open):
     alternatives: Any = None
 
 
+class ProbeEntry(_Strict):
+    """A probe of the run, shaped as a :class:`MetricEntry`: its result on the unlearned model
+    (``after``), on the base model under the same procedure (``before``, None where the probe does
+    not run the base model) and ``delta`` = after - before (None when either has no value or there
+    is no before)."""
+
+    after: ProbeResult
+    before: ProbeResult | None = None
+    delta: float | None = None
+
+
 class Probes(_Strict):
-    results: dict[str, ProbeResult]
+    #: probe key (its id, else its name) -> its entry
+    results: dict[str, ProbeEntry]
     verdict: Verdict
 
 
@@ -248,12 +264,20 @@ class RunResults(_Open):
     timings: Timings = Field(default_factory=Timings)
     #: notes about the run or about reading this file (e.g. that it was migrated)
     warnings: list[str] = Field(default_factory=list)
-    #: read from a file without ``schema_version`` and migrated (not written to the file)
+    #: the schema of the file this was read from when it was migrated (``None`` for a file
+    #: without ``schema_version``); not written to the file
+    _migrated_from: int | None = PrivateAttr(default=None)
     _migrated: bool = PrivateAttr(default=False)
 
     @property
     def migrated(self) -> bool:
+        """Read from a file of an older schema (or none) and migrated in memory."""
         return self._migrated
+
+    @property
+    def migrated_from(self) -> int | None:
+        """The migrated file's ``schema_version`` (None: it had none, or was not migrated)."""
+        return self._migrated_from
 
     # -- what the reports need, by name --------------------------------------------------------
     @property
@@ -308,6 +332,55 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+#: the fields of a probe result that describe the procedure, not the model it ran on: the base
+#: model's result lacking one takes the unlearned model's (it ran the same probe)
+_PROBE_SHARED = ("higher_is_better", "kind", "chance", "scoring", "probe")
+
+
+def probe_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """A probe's flat result (what a probe returns and schema 1 wrote: the base model's result,
+    where the probe ran it, under ``details.base``) as its entry: ``after`` is the result without
+    ``details.base``, ``before`` that base result (None when there is none) and ``delta`` =
+    after - before. ``before`` takes the fields it lacks of :data:`_PROBE_SHARED` from ``after``;
+    a key it has that a probe result does not (a summary's ``per_item``) moves into its
+    ``details``. The numbers are copied, never recomputed; ``result`` is left as it was."""
+    after = json.loads(json.dumps(result, default=_plain))  # a deep copy in JSON's types (NaN kept)
+    details = after.get("details")
+    base = details.pop("base", None) if isinstance(details, dict) else None
+    before = None
+    if isinstance(base, dict):
+        known = set(ProbeResult.model_fields)
+        before = {k: v for k, v in base.items() if k in known}
+        extra = {k: v for k, v in base.items() if k not in known}
+        if extra:
+            before["details"] = {**(before.get("details") or {}), **extra}
+        before.setdefault("value", None)
+        for k in _PROBE_SHARED:
+            if k not in before and k in after:
+                before[k] = after[k]
+    elif base is not None:  # not a result: kept where it was, nothing made up
+        details["base"] = base
+    a, b = after.get("value"), None if before is None else before.get("value")
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+    return {"after": after, "before": before, "delta": float(a) - float(b) if numbers else None}
+
+
+def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 results.json as schema 2: each probe's flat result becomes its entry
+    (:func:`probe_entry`: ``details.base`` lifted into ``before``, ``delta`` computed). Adds a
+    line to ``warnings``; ``data`` is left as it was."""
+    out = json.loads(json.dumps(data))  # a deep copy
+    probes = out.get("probes")
+    if isinstance(probes, dict) and isinstance(probes.get("results"), dict):
+        probes["results"] = {k: probe_entry(r) if isinstance(r, dict) and "after" not in r else r
+                             for k, r in probes["results"].items()}
+    out["schema_version"] = 2
+    out["warnings"] = list(out.get("warnings") or []) + [
+        "read as results schema 1 and migrated to schema 2 (each probe's base-model result lifted from "
+        "details.base into before, with delta)"]
+    return out
+
+
 def migrate_unversioned(data: dict[str, Any]) -> dict[str, Any]:
     """An unversioned results.json (the writer before ``schema_version``) as schema 1.
 
@@ -333,7 +406,7 @@ def migrate_unversioned(data: dict[str, Any]) -> dict[str, Any]:
                 before["higher_is_better"] = after["higher_is_better"]
     if "nonfinite" not in out:
         warnings.append("the writer of this file did not check images for NaN/inf; 'nonfinite' is not recorded")
-    out["schema_version"] = SCHEMA_VERSION
+    out["schema_version"] = 1
     out["warnings"] = list(out.get("warnings") or []) + warnings
     return out
 
@@ -351,7 +424,7 @@ def parse_results(data: Any, source: str) -> RunResults:
     version = data.get("schema_version")
     if version is None:
         try:
-            data = migrate_unversioned(data)
+            data = migrate_v1(migrate_unversioned(data))
         except ValueError as exc:
             raise UserError(f"{source}: not a results.json this eval-learn can read or migrate ({exc}); "
                             "rerun the run to rewrite it") from None
@@ -363,20 +436,29 @@ def parse_results(data: Any, source: str) -> RunResults:
                         f"(schema {SCHEMA_VERSION}); upgrade eval-learn to read it")
     elif version < 1:
         raise UserError(f"{source}: schema_version {version} is not a results schema; rerun the run to rewrite it")
+    elif version == 1:
+        data = migrate_v1(data)
+        note = " (a schema-1 results.json from an older eval-learn; rerun the run to rewrite it)"
     else:
         note = ""
     try:
         res = RunResults.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {_where(exc)} is missing or malformed{note}") from None
-    res._migrated = version is None
+    res._migrated = version is None or version < SCHEMA_VERSION
+    res._migrated_from = version if res._migrated else None
     return res
 
 
-def migration_note(path: Path | str) -> str:
-    """The one line said when an unversioned results.json is read by migration."""
-    return (f"note: {path}: written before results schema {SCHEMA_VERSION} (no schema_version), read by "
-            "migration; rerun the run to rewrite it")
+def _written(res: RunResults | None) -> str:
+    if res is not None and res.migrated_from is not None:
+        return f"written with results schema {res.migrated_from}, older than {SCHEMA_VERSION}"
+    return f"written before results schema 1 (no schema_version); this eval-learn writes schema {SCHEMA_VERSION}"
+
+
+def migration_note(path: Path | str, res: RunResults | None = None) -> str:
+    """The one line said when an older results.json (``res``, as read) is read by migration."""
+    return f"note: {path}: {_written(res)}, read by migration; rerun the run to rewrite it"
 
 
 def load_results(path: Path, who: str = "") -> RunResults:
@@ -404,6 +486,5 @@ def check_resumable(path: Path) -> str | None:
     except UserError as exc:
         raise UserError(f"{exc}; or move that run folder away to start it afresh") from None
     if res.migrated:
-        return (f"note: {path}: written before results schema {SCHEMA_VERSION} (no schema_version); "
-                "this run resumes and rewrites it")
+        return f"note: {path}: {_written(res)}; this run resumes and rewrites it"
     return None

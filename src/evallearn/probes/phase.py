@@ -3,6 +3,10 @@ the unlearned pipeline (and the base pipeline, loaded once on first need), cache
 the run directory (:class:`evallearn.cache.Cache` under ``probes/results``) so a rerun resumes,
 and end with the erasure verdict (:mod:`.verdict`). The standard prompt baseline is added when
 the config does not list it, since every verdict is read against it.
+
+A probe returns (and the cache keeps) its flat result, the base model's result under
+``details.base``; the phase writes each as a metric's entry (``after``, ``before``, ``delta``:
+:func:`evallearn.results.probe_entry`), and the verdict reads the flat results.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from .. import registry
 from ..cache import Cache, component_spec, judge_spec
+from ..results import probe_entry
 from ..store import ImageStore
 from . import _sampling
 from .base import ProbeEnv
@@ -65,7 +70,8 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
     """Every configured probe on ``plan``'s run: ``pipe`` is the unlearned pipeline,
     ``base_loader()`` the base one (the runner's, loaded once), ``run_images`` and
     ``base_images`` the run's image stores (the metrics' "after" and "before" folders), and
-    ``judges`` the run's judges holder (``Judges.for_metric``, shared with the metrics)."""
+    ``judges`` the run's judges holder (``Judges.for_metric``, shared with the metrics). Returns
+    the ``probes`` section: ``results`` (key -> ``{after, before, delta}``) and ``verdict``."""
     root = Path(plan.run_dir) / "probes"
     base_loader = functools.cache(base_loader)  # loaded on first need, once for all probes
     refs = probe_refs(plan.config)
@@ -91,4 +97,4 @@ def run_probes(plan, pipe, base_loader: Callable[[], Any], run_images: ImageStor
         log("probe", id=key, value=out[key]["value"])
         if task is not None:
             progress.advance(task, 1)
-    return {"results": out, "verdict": verdict(out, baseline_key)}
+    return {"results": {key: probe_entry(res) for key, res in out.items()}, "verdict": verdict(out, baseline_key)}

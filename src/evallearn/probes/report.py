@@ -8,7 +8,7 @@ import html
 import json
 from typing import Any
 
-from ..results import ProbeResult, Probes, RunResults
+from ..results import ProbeEntry, ProbeResult, Probes, RunResults, probe_entry
 
 
 def _f(x) -> str:
@@ -21,13 +21,19 @@ def _signed(x) -> str:
 
 def probes_of(results: RunResults | Probes | dict[str, Any] | None) -> Probes | None:
     """The probes section of ``results``: a :class:`RunResults`, its :class:`Probes`, or a mapping
-    with a ``probes`` section (validated into :class:`Probes`); None when no probe ran."""
+    with a ``probes`` section (validated into :class:`Probes`; a probe's flat result, as a probe
+    returns it, is first made its entry by :func:`~evallearn.results.probe_entry`); None when no
+    probe ran."""
     if results is None or isinstance(results, Probes):
         return results
     if isinstance(results, RunResults):
         return results.probes
     raw = results.get("probes")
-    return None if raw is None else Probes.model_validate(raw)
+    if raw is None:
+        return None
+    entries = {k: r if not isinstance(r, dict) or "after" in r else probe_entry(r)
+               for k, r in (raw.get("results") or {}).items()}
+    return Probes.model_validate({**raw, "results": entries})
 
 
 def floor_text(r: ProbeResult) -> str:
@@ -37,11 +43,14 @@ def floor_text(r: ProbeResult) -> str:
     return "CLIP score, no chance floor" if r.scoring.get("rule") == "clip_score" else "chance –"
 
 
-def _base_value(r: ProbeResult) -> float | None:
-    """The base model's value where the probe ran it (``details.base``: the probe's result on the
-    base model), else its neighbour accuracy (files written before interference recorded one)."""
-    base = r.details.get("base")
-    return base["value"] if base else r.details.get("base_neighbour_accuracy")
+def _base_value(e: ProbeEntry) -> tuple[float | None, float | None]:
+    """(before, Δ): the base model's value where the probe ran it (``before``) with the entry's
+    ``delta``, else the interference probe's neighbour accuracy on the base model (files written
+    before it recorded a ``before``) and the difference to it."""
+    if e.before is not None:
+        return e.before.value, e.delta
+    b, a = e.after.details.get("base_neighbour_accuracy"), e.after.value
+    return b, None if b is None or a is None else a - b
 
 
 def probe_rows(results: RunResults | Probes | dict[str, Any] | None) -> list[tuple[str, ...]]:
@@ -49,12 +58,12 @@ def probe_rows(results: RunResults | Probes | dict[str, Any] | None) -> list[tup
     name carries the chance floor."""
     probes = probes_of(results)
     rows = []
-    for key, r in (probes.results if probes is not None else {}).items():
-        b = _base_value(r)
+    for key, e in (probes.results if probes is not None else {}).items():
+        r = e.after
+        b, delta = _base_value(e)
         arrow = "↑" if r.higher_is_better else "↓"
         rows.append((f"probe {key} {arrow} ({floor_text(r)})", _f(b), _f(r.value),
-                     f"[{_f(r.ci_low)}, {_f(r.ci_high)}]",
-                     "–" if b is None or r.value is None else f"{r.value - b:+.3f}", "?" if r.n is None else str(r.n)))
+                     f"[{_f(r.ci_low)}, {_f(r.ci_high)}]", _signed(delta), "?" if r.n is None else str(r.n)))
     return rows
 
 
@@ -65,8 +74,8 @@ def probe_html(results: RunResults | Probes | dict[str, Any] | None) -> str:
     esc = html.escape
     v = probes.verdict
     rows = []
-    for key, r in probes.results.items():
-        base = r.details.get("base")
+    for key, e in probes.results.items():
+        r = e.after
         settings = r.details.get("settings", {})
         per = "; ".join(f"{esc(k)}: {s['value']:.3f}" for k, s in settings.items())
         vs = v.probes.get(key)
@@ -74,7 +83,7 @@ def probe_html(results: RunResults | Probes | dict[str, Any] | None) -> str:
             f"{esc(str(vs.tested or ''))}: {vs.vs_standard:+.3f} [{_signed(vs.ci_low)}, {_signed(vs.ci_high)}]"
             + (f", Holm p = {vs.p_holm:.2g}" if vs.p_holm is not None else ""))
         rows.append(f"<tr><td>{esc(key)} ({esc(r.kind)})</td><td>{esc(floor_text(r))}</td>"
-                    f"<td>{_f(base and base['value'])}</td>"
+                    f"<td>{_f(_base_value(e)[0])}</td>"
                     f"<td>{_f(r.value)} [{_f(r.ci_low)}, {_f(r.ci_high)}]</td><td>{'?' if r.n is None else r.n}</td>"
                     f"<td>{vs_txt}</td><td><small>{per}</small></td>"
                     f"<td><code>{esc(json.dumps(r.judges, default=str))}</code></td></tr>")

@@ -123,9 +123,23 @@ def _hypotheses(key: str, res: dict[str, Any]) -> list[tuple[str, str | None, li
     return [(key, None, d.get("per_item", []), res["value"])]
 
 
+def _flat(res: dict[str, Any]) -> dict[str, Any]:
+    """A probe's flat result (the base model's under ``details.base``) from either form: the flat
+    one a probe returns, or the entry results.json holds (``after``, ``before``, ``delta``)."""
+    if "after" not in res:
+        return res
+    after, before = res["after"], res.get("before")
+    if before is None:
+        return after
+    return {**after, "details": {**(after.get("details") or {}), "base": before}}
+
+
 def verdict(results: dict[str, dict[str, Any]], baseline: str = "standard_prompt",
             alpha: float = ALPHA) -> dict[str, Any]:
-    """``results``: probe key -> ProbeResult dict; ``baseline``: the standard prompt's key."""
+    """``results``: probe key -> its result dict, flat (as a probe returns it, the base model's
+    result under ``details.base``) or its results.json entry (``after``, ``before``, ``delta``);
+    ``baseline``: the standard prompt's key."""
+    results = {key: _flat(res) for key, res in results.items()}
     std = results.get(baseline)
     if std is None:
         return {"label": "unknown", "summary": "no standard-prompt baseline was run", "warnings": []}

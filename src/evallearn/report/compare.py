@@ -85,8 +85,8 @@ def duplicates(rows: list[Row]) -> list[str]:
 
 
 def migrated(rows: list[Row]) -> list[str]:
-    """A note per results.json read by migration (written before the results schema)."""
-    return [migration_note(r.path) for r in rows if r.results.migrated]
+    """A note per results.json read by migration (written with an older results schema, or none)."""
+    return [migration_note(r.path, r.results) for r in rows if r.results.migrated]
 
 
 def runs_text(rows: list[Row]) -> Text:

@@ -67,7 +67,7 @@ class Export:
 def _judge_names(res) -> list[str]:
     specs = [s for m in res.metrics.values() for s in m.after.judges.values()]
     if res.probes is not None:
-        specs += [s for p in res.probes.results.values() for s in p.judges.values()]
+        specs += [s for p in res.probes.results.values() for s in p.after.judges.values()]
     out = []
     for s in specs:
         if isinstance(s, dict):
@@ -96,7 +96,7 @@ def card_facts(board: lb.Board) -> dict[str, Any]:
         "concepts": sorted({e.concept for e in board.entries}),
         "judges": sorted({j for e in board.entries for j in _judge_names(e.results)}),
         "metrics": sorted({n for e in board.entries for n in e.results.metric_names().values()}),
-        "probes": sorted({p.probe or k for e in board.entries if e.results.probes is not None
+        "probes": sorted({p.after.probe or k for e in board.entries if e.results.probes is not None
                           for k, p in e.results.probes.results.items()}),
         "versions": {pkg: sorted(v) for pkg, v in sorted(versions.items())},
         "runs": len(board.entries),

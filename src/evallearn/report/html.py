@@ -209,7 +209,7 @@ def _hit_cell(v: Any, note: str | None = None) -> str:
 def probe_grids(results: RunResults) -> str:
     if results.probes is None:
         return ""
-    grids = "".join(_probe_grid(k, r) for k, r in results.probes.results.items())
+    grids = "".join(_probe_grid(k, e.after) for k, e in results.probes.results.items())
     return f"<h3>Probe grids</h3>{grids}" if grids else ""
 
 

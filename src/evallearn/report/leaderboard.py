@@ -334,7 +334,7 @@ def load_board(paths: list[Path], erasure: str | None = None, retention: str | N
         seen.add(real)
         res = load_results(path, who)
         if res.migrated:
-            notes.append(migration_note(path))
+            notes.append(migration_note(path, res))
         e = Entry(source, path, res)
         if e.spec != "?" and e.spec in specs:
             notes.append(f"warning: {path} and {specs[e.spec]} have the same spec hash {e.spec} (the same run "
@@ -401,14 +401,16 @@ def records(board: Board) -> list[dict[str, Any]]:
                         "before_ci_high": None if b is None else b.ci_high, "before_n": None if b is None else b.n,
                         "delta": _finite(m.delta), "judges": json.dumps(m.after.judges, sort_keys=True, default=str)})
         probes = e.results.probes
-        for key, p in (probes.results if probes is not None else {}).items():
+        for key, pe in (probes.results if probes is not None else {}).items():
             row = probes.verdict.probes.get(key)
-            base_value = (p.details.get("base") or {}).get("value") if isinstance(p.details.get("base"), dict) \
-                else None
+            p, b = pe.after, pe.before
             out.append({**dict.fromkeys(FIELDS), **base, "metric": key, "metric_name": p.probe or key,
                         "aspect": f"probe {p.kind}", "higher_is_better": p.higher_is_better,
                         "value": _finite(p.value), "ci_low": p.ci_low, "ci_high": p.ci_high, "n": p.n,
-                        "nonfinite": p.nonfinite, "before": base_value, "chance": p.chance,
+                        "nonfinite": p.nonfinite, "before": None if b is None else _finite(b.value),
+                        "before_ci_low": None if b is None else b.ci_low,
+                        "before_ci_high": None if b is None else b.ci_high, "before_n": None if b is None else b.n,
+                        "delta": _finite(pe.delta), "chance": p.chance,
                         "recovers": None if row is None else row.recovers,
                         "judges": json.dumps(p.judges, sort_keys=True, default=str)})
     return out
@@ -450,9 +452,10 @@ def _entry_cell(e: Entry, key: str) -> str:
 
 def _probe_cell(e: Entry, key: str) -> str:
     probes = e.results.probes
-    p = None if probes is None else probes.results.get(key)
-    if p is None:
+    pe = None if probes is None else probes.results.get(key)
+    if pe is None:
         return "–"
+    p = pe.after
     text = cell_text(p)
     if p.chance is not None:
         text += f" (chance {p.chance:.3g})"
@@ -535,9 +538,10 @@ def probe_bars(board: Board, concept: str) -> str | None:
     rate = True
     for s, e in enumerate(runs):
         for g, key in enumerate(keys):
-            p = e.results.probes.results.get(key)
-            if p is None:
+            pe = e.results.probes.results.get(key)
+            if pe is None:
                 continue
+            p = pe.after
             values[(s, g)] = Bar(_finite(p.value), p.ci_low, p.ci_high)
             if p.chance is not None:
                 chance.setdefault(g, p.chance)
