@@ -249,7 +249,12 @@ TOY_PARAMS = {"iterations": 300, "lr": 1e-3, "lr_warmup_steps": 50, "max_denoisi
 @needs_toy
 @opt_in
 @pytest.mark.slow
-@pytest.mark.parametrize("concept", ["cross", "red"])
+@pytest.mark.parametrize("concept", [
+    pytest.param("cross", marks=pytest.mark.xfail(strict=False, reason=(
+        "does not erase the toy world's cross (2026-11-30, guidance 6, 16 prompts, TOY_PARAMS): cross 1.00 -> 1.00, "
+        "IRA 0.92 -> 0.92; red is erased (1.00 -> 0.00, IRA 0.84 -> 0.84); docs/techniques/spm.md"))),
+    "red",
+])
 def test_spm_erases_on_the_toy_world(tmp_path_factory, concept):
     v = erase_on_toy(tmp_path_factory.getbasetemp() / f"toy_spm_{concept}", "spm", TOY_PARAMS, concept=concept)
     assert v["acc_after"] <= 0.25, v
