@@ -177,8 +177,17 @@ def test_bad_parameters_are_one_line_errors(tiny_pipe_dir, tmp_path, params, mes
 
 
 #: the CI's toy runs use 2000 corpus captions for the prior instead of 30 000 (the prior is a mean
-#: over them; red with the defaults: 1.00 -> 0.00, IRA 0.844 -> 0.797)
+#: over them; the defaults give the same accuracies, docs/techniques/trce.md)
 CI_PRIOR = {"stage2": False, "preserve_prompts": 2000}
+SYNONYMS = {"synonyms": ["plus", "plus sign"]}
+
+
+@needs_toy
+@pytest.mark.slow
+def test_stage1_erases_the_cross_with_its_synonyms_as_triggers(tmp_path):
+    r = erase_on_toy(tmp_path, "trce", CI_PRIOR, **SYNONYMS)  # measured: 1.00 -> 0.25, IRA 0.917 -> 0.917
+    assert r["acc_after"] <= 0.25, r
+    assert r["ira_after"] >= 0.85 * r["ira_before"], r
 
 
 @needs_toy
@@ -191,26 +200,18 @@ def test_stage1_erases_a_colour_on_the_toy_world(tmp_path):
 
 @needs_toy
 @opt_in  # a documented non-erasure: not worth its CI minute
-@pytest.mark.xfail(strict=True, reason="the toy UNet reads the shape from the word and padding columns, which "
-                   "stage 1 keeps (docs/techniques/trce.md): cross 1.00 -> 1.00")
-def test_stage1_on_the_toy_cross(tmp_path):
+@pytest.mark.xfail(strict=True, reason="with 'cross' as the only trigger the toy UNet still draws it from the word "
+                   "and padding columns (docs/techniques/trce.md): 1.00 -> 1.00")
+def test_stage1_on_the_toy_cross_alone(tmp_path):
     r = erase_on_toy(tmp_path, "trce", CI_PRIOR)
     assert r["acc_after"] <= 0.25, r
 
 
 @needs_toy
 @opt_in
-@pytest.mark.xfail(strict=True, reason="stage 2's hinge is already 0 on the toy model with the anchor 'shape' "
-                   "(docs/techniques/trce.md): cross 1.00 -> 1.00")
-def test_trce_on_the_toy_cross(tmp_path):
-    r = erase_on_toy(tmp_path, "trce", {})
-    assert r["acc_after"] <= 0.25, r
-
-
-@needs_toy
-@opt_in
-def test_trce_on_the_toy_red(tmp_path):
-    r = erase_on_toy(tmp_path, "trce", {}, concept="red")
+@pytest.mark.parametrize("concept, keys", [("cross", SYNONYMS), ("red", {})])
+def test_trce_on_the_toy_world(tmp_path, concept, keys):
+    r = erase_on_toy(tmp_path, "trce", {}, concept=concept, **keys)
     assert r["acc_after"] <= 0.25, r
     assert r["ira_after"] >= 0.85 * r["ira_before"], r
 
