@@ -255,6 +255,16 @@ def test_toy_example_suite_expands_to_every_technique_times_the_four_shapes():
     assert {c.config.concept.kind for c in cells} == {"object"}
 
 
+def test_new_methods_suite_prepares_every_new_technique_on_a_shape_and_a_colour():
+    """Each of the newer methods (issue 19) runs in a suite: every cell passes prepare()."""
+    suite = load_suite(EXAMPLES / "toy_new_methods.yaml", ["output_dir=/nonexistent/toy-new-methods"])
+    cells = expand(suite, "toy_new_methods.yaml")
+    techniques = {c.config.technique.name for c in cells}
+    assert techniques == {"trce", "itd", "spm", "ant", "fewshot_unlearning"}
+    assert {c.config.concept.name for c in cells} == {"cross", "red"}
+    assert len(cells) == 10 and len({c.spec_hash for c in cells}) == 10
+
+
 def test_paper_suite_validates_without_weights(tiny_pipe_dir, tmp_path, monkeypatch, capsys):
     """The paper's setting on an SD-1.x architecture (the tiny random pipeline stands in for SD-1.4,
     which cannot be downloaded here): every cell passes prepare(); nothing runs."""
