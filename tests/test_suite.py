@@ -260,9 +260,9 @@ def test_new_methods_suite_prepares_every_new_technique_on_a_shape_and_a_colour(
     suite = load_suite(EXAMPLES / "toy_new_methods.yaml", ["output_dir=/nonexistent/toy-new-methods"])
     cells = expand(suite, "toy_new_methods.yaml")
     techniques = {c.config.technique.name for c in cells}
-    assert techniques == {"trce", "itd", "spm", "ant", "fewshot_unlearning"}
+    assert techniques == {"trce", "itd", "spm", "ant", "fewshot_unlearning", "adavd"}
     assert {c.config.concept.name for c in cells} == {"cross", "red"}
-    assert len(cells) == 10 and len({c.spec_hash for c in cells}) == 10
+    assert len(cells) == 12 and len({c.spec_hash for c in cells}) == 12
 
 
 def test_paper_suite_validates_without_weights(tiny_pipe_dir, tmp_path, monkeypatch, capsys):
