@@ -27,31 +27,10 @@ import json
 import platform
 import random
 import resource
-import time
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent
-
-
-def build_sd15():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_edits", HERE / "bench_edits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build_sd15()
-
-
-def timed(fn, repeats: int) -> float:
-    """Mean seconds of ``repeats`` calls after one warm-up call; ``repeats`` 0: one call, no warm-up."""
-    if repeats:
-        fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(max(repeats, 1)):
-        fn()
-    return (time.perf_counter() - t) / max(repeats, 1)
+from _sd15 import build_sd15, timed
 
 
 def run(method: str, repeats: int, resolution: int = 512) -> dict:

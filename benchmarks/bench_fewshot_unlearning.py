@@ -27,17 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent
-
-
-def build_sd15():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_edits", HERE / "bench_edits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build_sd15()
+from _sd15 import build_sd15
 
 
 def once(fn) -> float:

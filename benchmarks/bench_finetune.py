@@ -34,31 +34,15 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _sd15 import build_sd15, timed
 
-HERE = Path(__file__).resolve().parent
 CASES = ("esd_x", "esd_u", "esd_full", "ga", "concept_ablation", "cogfd", "advunlearn_te", "stereo_ti")
 BIG = {"esd_u", "esd_full", "ga"}
 
 
-def build_sd15():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_edits", HERE / "bench_edits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.build_sd15()
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t) / repeats
 
 
 def run_case(name: str, repeats: int) -> dict:
