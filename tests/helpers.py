@@ -46,3 +46,17 @@ def fake_coco(root: Path, n: int = 6, seed: int = 1, size: int = 16) -> tuple[Pa
     cap = root / "coco.csv"
     cap.write_text("\n".join(rows) + "\n")
     return folder, cap
+
+
+def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run ``eval-learn ARGS`` in this process through the real entry point: (exit code, stdout, stderr)."""
+    from evallearn import cli
+
+    monkeypatch.setattr(sys, "argv", ["eval-learn", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import eval_learn
+from helpers import eval_learn, run_cli
 
-from evallearn import cli
 from evallearn.config import MAX_CONFIG_NODES, safe_join
 from evallearn.errors import UserError
 
@@ -36,16 +35,7 @@ ALIAS_BOMB = ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
     + "concept: {name: cat}\n")
 
 
-def main(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``eval-learn ARGS`` in this process through the real entry point."""
-    monkeypatch.setattr(sys, "argv", ["eval-learn", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+main = run_cli  # eval-learn ARGS in this process (tests/helpers.py)
 
 
 def lines(text: str) -> list[str]:

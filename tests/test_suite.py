@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
-from evallearn import cli
 from evallearn.errors import UserError
 from evallearn.suite.spec import expand, load_suite, parse_suite, plan_cells
 
@@ -40,16 +39,7 @@ def write_suite(tmp_path: Path, data: dict, name: str = "suite.yaml") -> Path:
     return path
 
 
-def main(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """``eval-learn ARGS`` in this process through the real entry point."""
-    monkeypatch.setattr(sys, "argv", ["eval-learn", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+main = run_cli  # eval-learn ARGS in this process (tests/helpers.py)
 
 
 # -- expansion -----------------------------------------------------------------------------------
