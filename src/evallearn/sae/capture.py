@@ -61,6 +61,30 @@ def text_layer(text_encoder, layer: int | None):
     return layers[index], index % len(layers)
 
 
+@contextmanager
+def edited_text_layer(text_encoder, layer: int | None, edit):
+    """While active, the output of the text encoder's ``layer`` is ``edit(hidden, call, input_ids)``
+    (``None`` keeps it). ``call`` counts the encoder's forward passes from 0: diffusers' pipelines
+    encode the prompts first (0), then the negative prompts (1); ``input_ids`` are that pass's."""
+    module, _ = text_layer(text_encoder, layer)
+    state: dict = {"call": -1, "ids": None}
+
+    def grab_ids(m, args, kwargs):
+        state["call"] += 1
+        state["ids"] = args[0] if args else kwargs.get("input_ids")
+
+    def hook(m, inputs, output):
+        new = edit(first(output), state["call"], state["ids"])
+        return None if new is None else replace_first(output, new)
+
+    handles = [text_encoder.register_forward_pre_hook(grab_ids, with_kwargs=True), module.register_forward_hook(hook)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def unet_module(unet, hookpoint: str):
     from ..errors import UserError
 

@@ -32,7 +32,7 @@ from .._torch import no_grad
 from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
-from ..sae.capture import first, replace_first, text_activations, text_layer
+from ..sae.capture import edited_text_layer, text_activations, text_layer
 from ._guided import guided
 from .base import Technique
 
@@ -52,21 +52,12 @@ class ConceptSteeringPipeline:
     steering: torch.Tensor | None = None  # [77, d]
 
     def encode_prompt(self, *args, **kwargs):
-        module, _ = text_layer(self.text_encoder, self.steer_layer)
-        calls = {"n": 0}
+        def edit(h, call, ids):
+            sign = 1.0 if call == 0 else -1.0  # prompts first, then negatives (diffusers' order)
+            return h + sign * self.steering.to(h)[: h.shape[1]]
 
-        def hook(m, inputs, output):
-            sign = 1.0 if calls["n"] == 0 else -1.0  # prompts first, then negatives (diffusers' order)
-            calls["n"] += 1
-            h = first(output)
-            return replace_first(output, h + sign * self.steering.to(h)[: h.shape[1]])
-
-        handle = module.register_forward_hook(hook)
-        try:
+        with edited_text_layer(self.text_encoder, self.steer_layer, edit):
             return super().encode_prompt(*args, **kwargs)
-        finally:
-            handle.remove()
-
 
 class ConceptSteerers(Technique):
     description = "Concept Steerers: subtract a concept's k-sparse-autoencoder features from a text-encoder layer."

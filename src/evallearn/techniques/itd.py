@@ -43,7 +43,7 @@ from ..components import Params, Supports, kinds
 from ..context import RunContext
 from ..errors import UserError
 from ..models import text
-from ..sae.capture import first, replace_first, text_activations, text_layer
+from ..sae.capture import edited_text_layer, text_activations, text_layer
 from ._guided import guided
 from .base import Technique
 
@@ -116,26 +116,11 @@ class ItDPipeline:
         return torch.where(hit, recon.to(h.dtype), h)
 
     def encode_prompt(self, *args, **kwargs):
-        module, _ = text_layer(self.text_encoder, self.itd_layer)
-        state: dict = {"calls": 0, "ids": None}
+        def edit(h, call, ids):  # prompts first, then negatives (diffusers' order): filter prompts only
+            return self.itd_filter(h, ids) if call == 0 else None
 
-        def grab_ids(m, args, kwargs):
-            state["ids"] = args[0] if args else kwargs.get("input_ids")
-
-        def hook(m, inputs, output):
-            state["calls"] += 1
-            if state["calls"] > 1:  # prompts first, then negatives (diffusers' order): filter prompts only
-                return None
-            return replace_first(output, self.itd_filter(first(output), state["ids"]))
-
-        handles = [self.text_encoder.register_forward_pre_hook(grab_ids, with_kwargs=True),
-                   module.register_forward_hook(hook)]
-        try:
+        with edited_text_layer(self.text_encoder, self.itd_layer, edit):
             return super().encode_prompt(*args, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
-
 
 class ItD(Technique):
     description = "ItD: deactivate a concept's SAE features in a text-encoder layer for prompts its SAE flags."
