@@ -1,10 +1,12 @@
-"""Shared by the fine-tuning benchmarks: the full-size SD-1.5 architecture with random weights
-(built by ``bench_edits.build_sd15``) and a mean-time helper. Imported by scripts run as
+"""Shared by the technique benchmarks: the full-size SD-1.5 architecture with random weights
+(built by ``bench_edits.build_sd15``), a mean-time helper, the peak RSS and the JSON report. Imported by scripts run as
 ``python benchmarks/bench_<name>.py`` (their folder is on ``sys.path``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import resource
 import time
 from pathlib import Path
 
@@ -27,3 +29,16 @@ def timed(fn, repeats: int) -> float:
     for _ in range(max(repeats, 1)):
         fn()
     return (time.perf_counter() - t) / max(repeats, 1)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size so far, in GiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def emit(report: dict, out: str | None) -> None:
+    """Print the report as JSON and write it to ``out`` when given."""
+    text = json.dumps(report, indent=1)
+    if out:
+        Path(out).write_text(text)
+    print(text)

@@ -14,11 +14,11 @@ import argparse
 import importlib.util
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
 import torch
+from _sd15 import peak_rss_gib
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,7 +66,7 @@ def main() -> None:
                        "torch": torch.__version__},
            "size_px": args.size, "setup_s": round(setup, 3), "step_plain_s": round(plain, 3),
            "step_adavd_s": round(adavd, 3), "step_ratio": round(adavd / plain, 3),
-           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+           "peak_rss_gib": round(peak_rss_gib(), 2)}
     print(json.dumps(out, indent=1))
     Path(args.out).write_text(json.dumps(out, indent=1))
 

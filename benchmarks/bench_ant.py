@@ -23,14 +23,11 @@ prompts iterations of the same size plus one UNet copy per run.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
-import resource
-from pathlib import Path
 
 import torch
-from _sd15 import build_sd15, timed
+from _sd15 import build_sd15, emit, peak_rss_gib, timed
 
 
 def run(method: str, repeats: int, resolution: int = 512) -> dict:
@@ -68,7 +65,7 @@ def run(method: str, repeats: int, resolution: int = 512) -> dict:
 
     out["step_s"] = timed(step, repeats)
     out["iteration_s_estimated"] = out["step_s"] + 31 * out["unet_fwd_cfg_s"]
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     return out
 
 
@@ -84,10 +81,7 @@ def main() -> None:
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "resolution": args.resolution, "dtype": "float32",
               "results": run(args.method, args.repeats, args.resolution)}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

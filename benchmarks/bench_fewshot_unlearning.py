@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
-from _sd15 import build_sd15
+from _sd15 import build_sd15, peak_rss_gib
 
 
 def once(fn) -> float:
@@ -73,7 +72,7 @@ def main() -> None:
     out["batch_measured"] = 1
     out["step_at_batch_2_s_estimated"] = 2 * out["step_s"]
     out["total_default_s_estimated"] = 4 * 50 * out["unet_fwd_cfg_s"] + 8 * 2 * out["step_s"]
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))

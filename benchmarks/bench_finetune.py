@@ -31,13 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-from _sd15 import build_sd15, timed
+from _sd15 import build_sd15, emit, peak_rss_gib, timed
 
 CASES = ("esd_x", "esd_u", "esd_full", "ga", "concept_ablation", "cogfd", "advunlearn_te", "stereo_ti")
 BIG = {"esd_u", "esd_full", "ga"}
@@ -169,7 +167,7 @@ def run_case(name: str, repeats: int) -> dict:
     if batch > 1:
         out["paper_batch"] = batch
         out["step_at_paper_batch_s_estimated"] = out["step_s"] * batch
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     return out
 
 
@@ -208,10 +206,7 @@ def main() -> None:
                         "note": "not run (needs --big); estimate = fp32 copies of the UNet + measured activations"})
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "resolution": 512, "dtype": "float32", "results": results}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

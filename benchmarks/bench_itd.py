@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
+from _sd15 import peak_rss_gib
 
 
 def best(fn, repeats: int = 3) -> float:
@@ -95,7 +95,7 @@ def main() -> None:
     scale = (524288 / args.train_latents) * (3850 / args.train_rows)
     out["sae_train_step_full_s_estimated"] = out["sae_train_step_s"] * scale
     out["sae_train_default_6000_steps_h_estimated"] = out["sae_train_step_full_s_estimated"] * 6000 / 3600
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))

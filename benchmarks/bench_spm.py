@@ -20,14 +20,11 @@ activations of the step):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
-import resource
-from pathlib import Path
 
 import torch
-from _sd15 import build_sd15, timed
+from _sd15 import build_sd15, emit, peak_rss_gib, timed
 
 
 def run(repeats: int, resolution: int = 512) -> dict:
@@ -80,7 +77,7 @@ def run(repeats: int, resolution: int = 512) -> dict:
 
     out["transport_s"] = timed(transport, repeats)
     out["iteration_s_estimated"] = out["step_s"] + 15 * out["unet_fwd_cfg_s"]
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_rss_gib"] = peak_rss_gib()
     return out
 
 
@@ -95,10 +92,7 @@ def main() -> None:
     report = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "torch": torch.__version__, "resolution": args.resolution, "dtype": "float32",
               "results": run(args.repeats, args.resolution)}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

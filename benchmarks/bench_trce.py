@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
 import torch
+from _sd15 import peak_rss_gib
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,7 +99,7 @@ def main() -> None:
         e["note"] = ("iteration = 7 no-grad forwards + 6 forward/backward; defaults: 3 epochs x 5 trajectories per "
                      "trigger; data: 5 trigger trajectories x 26 steps + 20 unconditional x 50 steps, each step a "
                      "batch-2 forward (about 2 batch-1 forwards)")
-    m["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    m["peak_rss_gib"] = round(peak_rss_gib(), 2)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
